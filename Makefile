@@ -1,0 +1,44 @@
+# Two commands for a fresh clone: `make run` serves the default model, `make test` checks everything.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+ARGS ?=
+
+.PHONY: install run test lint typecheck unit proto bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+run: install  ## serve the default model on localhost:50051 (ARGS="--port 6000 ..." to change)
+	$(BIN)/vidlstm serve $(ARGS)
+
+test: install lint typecheck unit  ## the whole suite: lint + type check + tests
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install  ## mypy over the package as installed: vidlstm/ plus models/, service/, clients/
+	rm -rf build/typecheck && mkdir -p build/typecheck/vidlstm
+	for f in vidlstm/*; do ln -s "$(CURDIR)/$$f" build/typecheck/vidlstm/; done
+	for pkg in models service clients; do ln -s "$(CURDIR)/$$pkg" build/typecheck/vidlstm/$$pkg; done
+	cd build/typecheck && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p vidlstm
+	$(BIN)/mypy proto/generate.py
+
+unit: install
+	$(BIN)/python -m pytest $(ARGS)
+
+proto: install  ## regenerate vidlstm/v1 stubs from proto/
+	$(BIN)/python proto/generate.py
+
+bench: install  ## streaming benchmark; results go in the README
+	$(BIN)/python benchmarks/bench_stream.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,35 @@
+"""vidlstm.clients: light clients for the Encoder service (grpcio, protobuf, numpy; no torch)."""
+
+from .client import AsyncEncoderClient, EncoderClient
+from .errors import (
+    DeadlineExceededError,
+    InvalidInputError,
+    ModelMismatchError,
+    PermissionDeniedError,
+    ServerBusyError,
+    ServerError,
+    ServerUnavailableError,
+    StreamClosedError,
+    UnauthenticatedError,
+    VidlstmError,
+)
+from .requests import EncodeResult, SequenceInput
+from .state import RecurrentState
+
+__all__ = [
+    "AsyncEncoderClient",
+    "DeadlineExceededError",
+    "EncodeResult",
+    "EncoderClient",
+    "InvalidInputError",
+    "ModelMismatchError",
+    "PermissionDeniedError",
+    "RecurrentState",
+    "SequenceInput",
+    "ServerBusyError",
+    "ServerError",
+    "ServerUnavailableError",
+    "StreamClosedError",
+    "UnauthenticatedError",
+    "VidlstmError",
+]

@@ -1,0 +1,151 @@
+"""`EncoderClient` (blocking) and `AsyncEncoderClient` (asyncio) for the Encoder service.
+
+with EncoderClient("localhost:50051") as client:
+    result = client.encode(frames)              # uint8 [T, H, W, C], RGB
+    more = client.encode(next_frames, state=result.state)   # continues the sequence
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from vidlstm.v1 import encoder_pb2 as pb
+from vidlstm.v1 import encoder_pb2_grpc as pb_grpc
+
+from .errors import from_rpc_error
+from .requests import (
+    EmbeddingDType,
+    EncodeResult,
+    FrameInput,
+    SequenceInput,
+    encode_request,
+    encode_results,
+)
+from .state import RecurrentState
+
+__all__ = ["AsyncEncoderClient", "EncoderClient", "channel_options"]
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
+
+
+def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+
+
+class EncoderClient:
+    """Blocking client; `timeout` (seconds) is the deadline of each unary call."""
+
+    def __init__(
+        self, target: str, *, timeout: float | None = 60.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    ) -> None:
+        self.channel = grpc.insecure_channel(target, options=channel_options(max_message_bytes))
+        self.stub = pb_grpc.EncoderStub(self.channel)
+        self.timeout = timeout
+
+    def info(self) -> pb.ModelInfo:
+        try:
+            return self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    def encode(
+        self,
+        frames: FrameInput,
+        *,
+        episode_start: Sequence[bool] | None = None,
+        state: RecurrentState | None = None,
+        pixel_format: str = "RGB",
+        dtype: EmbeddingDType = "float32",
+    ) -> EncodeResult:
+        """One sequence: frames [T, H, W, C] uint8 (or encoded images) -> embeddings [T, D] + state."""
+        sequence = SequenceInput(frames, episode_start, state)
+        return self.encode_many([sequence], pixel_format=pixel_format, dtype=dtype)[0]
+
+    def encode_many(
+        self,
+        sequences: Sequence[SequenceInput],
+        *,
+        pixel_format: str = "RGB",
+        dtype: EmbeddingDType = "float32",
+        return_state: bool = True,
+    ) -> list[EncodeResult]:
+        """Several independent sequences in one call."""
+        request = encode_request(sequences, pixel_format=pixel_format, dtype=dtype, return_state=return_state)
+        try:
+            response = self.stub.Encode(request, timeout=self.timeout)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return encode_results(response)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> EncoderClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class AsyncEncoderClient:
+    """asyncio client with the same calls as `EncoderClient`; use inside a running event loop."""
+
+    def __init__(
+        self, target: str, *, timeout: float | None = 60.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    ) -> None:
+        self.channel = grpc.aio.insecure_channel(target, options=channel_options(max_message_bytes))
+        self.stub = pb_grpc.EncoderStub(self.channel)
+        self.timeout = timeout
+
+    async def info(self) -> pb.ModelInfo:
+        try:
+            return await self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    async def encode(
+        self,
+        frames: FrameInput,
+        *,
+        episode_start: Sequence[bool] | None = None,
+        state: RecurrentState | None = None,
+        pixel_format: str = "RGB",
+        dtype: EmbeddingDType = "float32",
+    ) -> EncodeResult:
+        sequence = SequenceInput(frames, episode_start, state)
+        return (await self.encode_many([sequence], pixel_format=pixel_format, dtype=dtype))[0]
+
+    async def encode_many(
+        self,
+        sequences: Sequence[SequenceInput],
+        *,
+        pixel_format: str = "RGB",
+        dtype: EmbeddingDType = "float32",
+        return_state: bool = True,
+    ) -> list[EncodeResult]:
+        request = encode_request(sequences, pixel_format=pixel_format, dtype=dtype, return_state=return_state)
+        try:
+            response = await self.stub.Encode(request, timeout=self.timeout)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return encode_results(response)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> AsyncEncoderClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()

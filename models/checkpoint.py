@@ -1,0 +1,117 @@
+"""Checkpoints: safetensors weights with the spec inside, or a spec file + torch state dict.
+
+Layouts accepted by `load_model`:
+- `model.safetensors` whose metadata holds the spec (what `save_checkpoint` writes);
+- a folder with `spec.json`/`spec.yaml` and `model.safetensors` or `model.pt`;
+- any weights file plus an explicit `spec`.
+Torch files are read with `weights_only=True`: a pickle carrying code is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from .model import EmbeddingModel, build_model
+from .spec import ModelSpec
+
+__all__ = ["CheckpointError", "load_model", "read_state_dict", "save_checkpoint", "weights_hash"]
+
+SPEC_METADATA_KEY = "vidlstm.spec"
+SPEC_FILES = ("spec.json", "spec.yaml", "spec.yml")
+WEIGHT_FILES = ("model.safetensors", "model.pt", "model.pth")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message says which file and why."""
+
+
+def save_checkpoint(model: EmbeddingModel, path: str | Path) -> Path:
+    """Writes `path` (a `.safetensors` file, spec in its metadata) atomically; returns it."""
+    path = Path(path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={SPEC_METADATA_KEY: model.spec.to_json()})
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def load_model(path: str | Path, spec: ModelSpec | str | Path | None = None) -> EmbeddingModel:
+    """Builds the model a checkpoint describes and loads its weights (strictly: no missing keys)."""
+    weights_path, spec = _resolve(Path(path), spec)
+    model = build_model(spec)
+    try:
+        model.load_state_dict(read_state_dict(weights_path))
+    except RuntimeError as error:
+        raise CheckpointError(f"{weights_path} does not fit spec {spec.name!r}: {error}") from None
+    return model.eval()
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Reads tensors from `.safetensors`, or a torch state dict with `weights_only=True`."""
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(path)
+        except SafetensorError as error:
+            raise CheckpointError(f"{path} is not a valid safetensors file: {error}") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        raise CheckpointError(
+            f"refusing to load {path}: not a plain tensor state dict ({error}); "
+            "save weights with torch.save(model.state_dict()) or as .safetensors"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} must hold a dict of tensor names to tensors")
+    return state
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """sha256 over parameter names, dtypes, shapes and bytes: identifies the weights served."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        cpu = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{cpu.dtype}:{tuple(cpu.shape)};".encode())
+        digest.update(cpu.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _resolve(path: Path, spec: ModelSpec | str | Path | None) -> tuple[Path, ModelSpec]:
+    if path.is_dir():
+        weights = next((path / n for n in WEIGHT_FILES if (path / n).is_file()), None)
+        if weights is None:
+            raise CheckpointError(f"{path} holds none of {', '.join(WEIGHT_FILES)}")
+        if spec is None:
+            spec = next((path / n for n in SPEC_FILES if (path / n).is_file()), None)
+        path = weights
+    if isinstance(spec, (str, Path)):
+        return path, ModelSpec.load(spec)
+    if spec is None:
+        spec = _embedded_spec(path)
+    return path, spec
+
+
+def _embedded_spec(path: Path) -> ModelSpec:
+    if path.suffix == ".safetensors" and path.is_file():
+        try:
+            with safe_open(path, framework="pt") as reader:
+                metadata = reader.metadata() or {}
+        except SafetensorError as error:
+            raise CheckpointError(f"{path} is not a valid safetensors file: {error}") from None
+        if SPEC_METADATA_KEY in metadata:
+            return ModelSpec.from_dict(json.loads(metadata[SPEC_METADATA_KEY]))
+    raise CheckpointError(f"{path} carries no model spec; pass one (a spec.json or spec.yaml file)")

@@ -1,0 +1,125 @@
+"""Dynamic batching: every RPC's jobs meet in one queue and run on the model together.
+
+The loop takes whatever is queued the moment the model is free (so a lone client never waits),
+then tops the batch up for at most `max_queue_delay` while it is under `max_batch_size` frames.
+Under load, requests pile up while the model runs, so batches grow by themselves. Jobs of calls
+that were cancelled meanwhile are dropped before they reach the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from .engine import BatchEngine, Job, JobResult
+from .errors import ResourceExhausted
+
+__all__ = ["BatchStats", "Batcher"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0
+    frames: int = 0
+    dropped_cancelled: int = 0
+
+
+class Batcher:
+    def __init__(
+        self,
+        engine: BatchEngine,
+        *,
+        max_batch_size: int,
+        max_queue_delay: float,
+        max_queued_jobs: int,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if max_queue_delay < 0:
+            raise ValueError(f"max_queue_delay must be >= 0, got {max_queue_delay}")
+        self.engine = engine
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay = max_queue_delay
+        self.max_queued_jobs = max_queued_jobs
+        self.stats = BatchStats()
+        self._queue: asyncio.Queue[tuple[Job, asyncio.Future[JobResult]]] = asyncio.Queue()
+        self._carry: tuple[Job, asyncio.Future[JobResult]] | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="vidlstm-model")
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="vidlstm-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, job: Job) -> JobResult:
+        """Queues a job and waits for its result; refuses work when the queue is full."""
+        if self._queue.qsize() >= self.max_queued_jobs:
+            raise ResourceExhausted(f"server busy: {self._queue.qsize()} requests queued; retry with backoff")
+        future: asyncio.Future[JobResult] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((job, future))
+        return await future
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            self.engine.pool.recycle_released()
+            if not batch:
+                continue
+            jobs = [job for job, _ in batch]
+            try:
+                results = await loop.run_in_executor(self._executor, self.engine.run, jobs)
+            except Exception as error:  # a bug or device failure: fail these calls, keep serving
+                log.exception("batch of %d jobs failed", len(jobs))
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            self.stats.batches += 1
+            self.stats.frames += sum(job.frame_count for job in jobs)
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+    async def _collect(self) -> list[tuple[Job, asyncio.Future[JobResult]]]:
+        batch: list[tuple[Job, asyncio.Future[JobResult]]] = []
+        size = 0
+        first = self._carry or await self._queue.get()
+        self._carry = None
+        deadline = asyncio.get_running_loop().time() + self.max_queue_delay
+        item: tuple[Job, asyncio.Future[JobResult]] | None = first
+        while item is not None:
+            job, future = item
+            if future.cancelled():
+                self.stats.dropped_cancelled += 1
+            elif batch and size + job.frame_count > self.max_batch_size:
+                self._carry = item
+                break
+            else:
+                batch.append(item)
+                size += job.frame_count
+            if size >= self.max_batch_size:
+                break
+            item = await self._next(deadline)
+        return batch
+
+    async def _next(self, deadline: float) -> tuple[Job, asyncio.Future[JobResult]] | None:
+        try:
+            return self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return None
+            try:
+                return await asyncio.wait_for(self._queue.get(), remaining)
+            except TimeoutError:
+                return None

@@ -1,0 +1,66 @@
+"""`vidlstm serve`: settings from flags, built once, then the server runs until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+from pathlib import Path
+
+from .server import serve
+from .settings import ServerSettings
+
+__all__ = ["build_parser", "serve_main"]
+
+_HELP = {
+    "host": "address to listen on (0.0.0.0 for all interfaces)",
+    "port": "port to listen on (0 picks a free one)",
+    "model": "checkpoint: a .safetensors with its spec, a folder with spec + weights, or a .pt with --spec",
+    "spec": "model spec (JSON/YAML); alone, serves that architecture with seeded weights",
+    "device": "auto (CUDA when present), cpu, cuda, cuda:1, ...",
+    "threads": "torch intra-op threads (default: one per core)",
+    "max_message_bytes": "largest request or response message",
+    "max_batch_size": "most frames in one model call",
+    "max_queue_delay_ms": "how long a batch may wait for more frames once the model is free",
+    "max_queued_jobs": "requests waiting for the model before new ones get RESOURCE_EXHAUSTED",
+    "max_streams": "open EncodeStream calls at once",
+    "max_envs_per_stream": "envs one stream may hold state for",
+    "state_capacity": "envs the state pool holds in all (preallocated on the device)",
+    "stream_idle_timeout_s": "a stream that sends nothing this long is closed, its state dropped",
+    "max_frames_per_call": "frames in one request",
+    "max_frame_side": "largest frame height or width",
+    "max_image_pixels": "largest JPEG/PNG (width x height), checked before decoding",
+    "grace_period_s": "on SIGTERM, how long running calls may finish",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vidlstm serve", description="Serve CNN+LSTM embeddings over gRPC.")
+    defaults = ServerSettings()
+    for field in dataclasses.fields(ServerSettings):
+        default = getattr(defaults, field.name)
+        kind = {int: int, float: float}.get(type(default), str)
+        if field.name in ("model", "spec"):
+            kind = Path
+        elif field.name == "threads":
+            kind = int
+        parser.add_argument(
+            f"--{field.name.replace('_', '-')}",
+            type=kind,
+            default=default,
+            help=f"{_HELP[field.name]} (default: {default})",
+        )
+    return parser
+
+
+def serve_main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = ServerSettings(**vars(args))
+    except ValueError as error:
+        raise SystemExit(f"vidlstm serve: {error}") from None
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(settings))
+    return 0

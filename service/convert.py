@@ -1,0 +1,150 @@
+"""proto <-> numpy, with every check a client could fail named in the error message."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from vidlstm.models import FrameError, InputSpec, PixelFormat, StateTensorSpec, decode_image, prepare_frames
+from vidlstm.v1 import encoder_pb2 as pb
+from vidlstm.wire import WIRE_DTYPES, tensor_to_proto
+
+from .errors import FailedPrecondition, InvalidArgument
+
+__all__ = [
+    "FrameLimits",
+    "embedding_dtype",
+    "frames_need_work",
+    "frames_to_model_input",
+    "state_from_proto",
+    "state_to_proto",
+]
+
+_PIXEL_FORMATS: dict[int, PixelFormat] = {
+    pb.RGB: PixelFormat.RGB,
+    pb.BGR: PixelFormat.BGR,
+    pb.GRAY: PixelFormat.GRAY,
+}
+
+
+@dataclass(frozen=True)
+class FrameLimits:
+    """Bounds on what one request may ask the server to decode and hold."""
+
+    max_frames: int = 4096
+    max_side: int = 4096
+    max_image_pixels: int = 16_000_000
+
+
+def frames_need_work(frames: pb.Frames, spec: InputSpec) -> bool:
+    """True when frames must be decoded or resized (worth a worker thread), False for raw frames
+    already at the model's size."""
+    if frames.WhichOneof("source") != "raw":
+        return True
+    shape = list(frames.raw.shape)
+    return len(shape) != 4 or shape[1:3] != [spec.height, spec.width]
+
+
+def frames_to_model_input(frames: pb.Frames, spec: InputSpec, limits: FrameLimits) -> np.ndarray:
+    """Frames message -> uint8 [N, C, H, W] at the model's input size."""
+    try:
+        source = frames.WhichOneof("source")
+        if source == "raw":
+            return _raw_frames(frames.raw, spec, limits)
+        if source == "encoded":
+            return _encoded_frames(frames.encoded, spec, limits)
+        raise InvalidArgument("no frames: set Frames.raw or Frames.encoded")
+    except FrameError as error:
+        raise InvalidArgument(str(error)) from None
+
+
+def _raw_frames(raw: pb.RawFrames, spec: InputSpec, limits: FrameLimits) -> np.ndarray:
+    shape = list(raw.shape)
+    if len(shape) != 4:
+        raise InvalidArgument(f"RawFrames.shape must be [N, H, W, C], got {shape}")
+    count, height, width, channels = shape
+    _check_count(count, limits)
+    if not (0 < height <= limits.max_side and 0 < width <= limits.max_side):
+        raise InvalidArgument(f"frame size {height}x{width} outside 1..{limits.max_side} per side")
+    pixel_format = _pixel_format(raw.pixel_format)
+    if channels != pixel_format.channels:
+        raise InvalidArgument(
+            f"{pixel_format.value} frames have {pixel_format.channels} channel(s), shape says {channels}"
+        )
+    expected = count * height * width * channels
+    if len(raw.data) != expected:
+        raise InvalidArgument(
+            f"RawFrames.data has {len(raw.data)} bytes, shape {shape} of uint8 needs {expected}"
+        )
+    array = np.frombuffer(raw.data, dtype=np.uint8).reshape(shape)
+    return prepare_frames(array, pixel_format, spec)
+
+
+def _encoded_frames(encoded: pb.EncodedFrames, spec: InputSpec, limits: FrameLimits) -> np.ndarray:
+    _check_count(len(encoded.images), limits)
+    prepared = [
+        prepare_frames(decode_image(data, limits.max_image_pixels)[None], PixelFormat.RGB, spec)
+        for data in encoded.images
+    ]
+    return np.concatenate(prepared)
+
+
+def _check_count(count: int, limits: FrameLimits) -> None:
+    if count == 0:
+        raise InvalidArgument("zero frames: send at least one frame")
+    if not 0 < count <= limits.max_frames:
+        raise InvalidArgument(f"{count} frames in one message; the limit is {limits.max_frames}")
+
+
+def _pixel_format(value: int) -> PixelFormat:
+    try:
+        return _PIXEL_FORMATS[value]
+    except KeyError:
+        raise InvalidArgument(f"unknown pixel_format {value}; use RGB, BGR or GRAY") from None
+
+
+def embedding_dtype(value: int) -> pb.DType:
+    """Validates a requested embedding dtype (FLOAT32 by default, or FLOAT16)."""
+    if value in (pb.DTYPE_UNSPECIFIED, pb.FLOAT32):
+        return pb.FLOAT32
+    if value == pb.FLOAT16:
+        return pb.FLOAT16
+    raise InvalidArgument(f"embedding_dtype must be FLOAT32 or FLOAT16, got {value}")
+
+
+def state_to_proto(state: Mapping[str, np.ndarray], weights_hash: str) -> pb.State:
+    """Per-env state (no batch dimension) -> State, tagged with the model's weights hash."""
+    tensors = {name: tensor_to_proto(array) for name, array in state.items()}
+    return pb.State(weights_hash=weights_hash, tensors=tensors)
+
+
+def state_from_proto(
+    state: pb.State, specs: list[StateTensorSpec], weights_hash: str
+) -> dict[str, np.ndarray]:
+    """State -> per-env arrays, refusing state of another model or of the wrong shapes."""
+    if state.weights_hash != weights_hash:
+        raise FailedPrecondition(
+            f"state comes from model {state.weights_hash[:12] or '<none>'}, this server serves "
+            f"{weights_hash[:12]}; start from zero state (leave it unset) or use the right server"
+        )
+    expected = {s.name for s in specs}
+    if set(state.tensors) != expected:
+        raise InvalidArgument(
+            f"state has tensors {sorted(state.tensors)}, the model needs {sorted(expected)}"
+        )
+    arrays = {}
+    for spec in specs:
+        tensor = state.tensors[spec.name]
+        wire = WIRE_DTYPES.get(tensor.dtype)
+        want = spec.numpy_dtype
+        if wire != want or list(tensor.shape) != list(spec.shape):
+            raise InvalidArgument(
+                f"state tensor {spec.name!r} must be {want} {list(spec.shape)}, "
+                f"got {wire} {list(tensor.shape)}"
+            )
+        if len(tensor.data) != want.itemsize * int(np.prod(spec.shape)):
+            raise InvalidArgument(f"state tensor {spec.name!r} has {len(tensor.data)} bytes for its shape")
+        arrays[spec.name] = np.frombuffer(tensor.data, dtype=want).reshape(spec.shape)
+    return arrays

@@ -1,0 +1,113 @@
+"""Runs one batch of jobs on the model: concat -> run once -> split.
+
+A job is one request's work: frames of `n` envs over `T` steps, the pool slots holding their
+state, optional state to install first and slots whose state to read back after. All jobs of a
+batch share one CNN call; the LSTM steps once per distinct T. Everything here runs on the single
+model thread, in batch order, so the pool needs no locks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from vidlstm.models import InferenceModel, State
+
+from .pool import StatePool
+
+__all__ = ["BatchEngine", "Job", "JobResult"]
+
+
+@dataclass
+class Job:
+    """frames uint8 [T, n, C, H, W] (None for a state-only job), episode_start bool [T, n]."""
+
+    frames: np.ndarray | None
+    slots: list[int]
+    episode_start: np.ndarray
+    install_slots: list[int] = field(default_factory=list)
+    install_state: dict[str, np.ndarray] = field(default_factory=dict)  # [.., m, ..] per name
+    read_slots: list[int] = field(default_factory=list)
+
+    @property
+    def frame_count(self) -> int:
+        return 0 if self.frames is None else self.frames.shape[0] * self.frames.shape[1]
+
+
+@dataclass
+class JobResult:
+    embeddings: np.ndarray | None  # float32 [T, n, D]
+    states: dict[str, np.ndarray] | None  # [.., len(read_slots), ..] per name
+
+
+class BatchEngine:
+    def __init__(self, model: InferenceModel, pool: StatePool, cnn_batch_size: int) -> None:
+        self.model = model
+        self.pool = pool
+        self.cnn_batch_size = cnn_batch_size
+        self.device = model.device
+
+    @torch.inference_mode()
+    def run(self, jobs: list[Job]) -> list[JobResult]:
+        for job in jobs:
+            if job.install_slots:
+                self.pool.scatter(self._index(job.install_slots), self._to_device(job.install_state))
+        embeddings = self._compute([j for j in jobs if j.frames is not None])
+        return [
+            JobResult(embeddings.get(id(job)), self._read(job.read_slots) if job.read_slots else None)
+            for job in jobs
+        ]
+
+    def _compute(self, jobs: list[Job]) -> dict[int, np.ndarray]:
+        if not jobs:
+            return {}
+        model = self.model.model
+        groups: dict[int, list[Job]] = {}
+        for job in jobs:
+            groups.setdefault(job.episode_start.shape[0], []).append(job)
+        stacked_parts, plans = [], []
+        for steps, members in groups.items():
+            slots = self._index([s for job in members for s in job.slots])
+            frames = self._frames(np.concatenate([job.frames for job in members], axis=1))
+            starts = torch.from_numpy(np.concatenate([job.episode_start for job in members], axis=1))
+            starts = starts.to(self.device, non_blocking=True)
+            state = self.pool.gather(slots)
+            stacked, history = model.stack(frames, state, starts)
+            stacked_parts.append(stacked.flatten(0, 1))
+            plans.append((steps, members, slots, starts, state, history))
+        features = self._features(torch.cat(stacked_parts))
+        results: dict[int, np.ndarray] = {}
+        offset = 0
+        for steps, members, slots, starts, state, history in plans:
+            batch = starts.shape[1]
+            group_features = features[offset : offset + steps * batch].view(steps, batch, -1)
+            offset += steps * batch
+            outputs, new_state = model.recur(group_features, state, starts, history)
+            self.pool.scatter(slots, new_state)
+            outputs_np = outputs.float().cpu().numpy()
+            column = 0
+            for job in members:
+                results[id(job)] = outputs_np[:, column : column + len(job.slots)]
+                column += len(job.slots)
+        return results
+
+    def _features(self, frames: torch.Tensor) -> torch.Tensor:
+        """The CNN over [N, kC, H, W] in chunks of `cnn_batch_size` (bounded activation memory)."""
+        model = self.model.model
+        if frames.shape[0] <= self.cnn_batch_size:
+            return model.features(frames)
+        return torch.cat([model.features(chunk) for chunk in torch.split(frames, self.cnn_batch_size)])
+
+    def _read(self, slots: list[int]) -> dict[str, np.ndarray]:
+        return {k: v.cpu().numpy() for k, v in self.pool.gather(self._index(slots)).items()}
+
+    def _index(self, slots: list[int]) -> torch.Tensor:
+        return torch.tensor(slots, dtype=torch.long, device=self.device)
+
+    def _frames(self, frames: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(frames)).to(self.device, non_blocking=True)
+
+    def _to_device(self, state: dict[str, np.ndarray]) -> State:
+        return {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in state.items()}

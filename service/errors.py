@@ -1,0 +1,29 @@
+"""Domain errors that carry the gRPC status code a client should see."""
+
+from __future__ import annotations
+
+import grpc
+
+__all__ = ["FailedPrecondition", "InvalidArgument", "NotFound", "ResourceExhausted", "ServiceError"]
+
+
+class ServiceError(Exception):
+    """A client-caused failure; `str(error)` is the message that tells the client what to fix."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+
+class InvalidArgument(ServiceError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class FailedPrecondition(ServiceError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhausted(ServiceError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class NotFound(ServiceError):
+    code = grpc.StatusCode.NOT_FOUND

@@ -1,0 +1,58 @@
+"""Recurrent state of every live env, preallocated on the model's device and indexed by slot.
+
+Each state tensor is [.., capacity, ..] (slot = dimension 1, as in the model's state), so one
+`index_select` gathers a batch's state and one `index_copy_` scatters it back: no per-step host
+copies. Slots are handed out on the event loop; a released slot only becomes free again at the
+next batch boundary, so it can never be reused inside a batch that still holds its old owner.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vidlstm.models import State, StateTensorSpec
+
+from .errors import ResourceExhausted
+
+__all__ = ["StatePool"]
+
+
+class StatePool:
+    def __init__(self, specs: list[StateTensorSpec], capacity: int, device: torch.device) -> None:
+        if capacity < 1:
+            raise ValueError(f"state capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self.tensors: State = {
+            s.name: torch.zeros(s.shape[0], capacity, *s.shape[1:], dtype=s.dtype, device=device)
+            for s in specs
+        }
+        self._free = list(range(capacity - 1, -1, -1))
+        self._released: list[int] = []
+
+    @property
+    def live(self) -> int:
+        """Slots held by envs, including ones released since the last batch boundary."""
+        return self.capacity - len(self._free) - len(self._released)
+
+    def allocate(self, count: int) -> list[int]:
+        if count > len(self._free):
+            raise ResourceExhausted(
+                f"the server holds state for {self.live} envs and has room for {len(self._free)} more; "
+                f"release envs or raise --state-capacity (now {self.capacity})"
+            )
+        return [self._free.pop() for _ in range(count)]
+
+    def release(self, slots: list[int]) -> None:
+        self._released.extend(slots)
+
+    def recycle_released(self) -> None:
+        """Called between batches: released slots become allocatable again."""
+        self._free.extend(self._released)
+        self._released.clear()
+
+    def gather(self, slots: torch.Tensor) -> State:
+        return {name: tensor.index_select(1, slots) for name, tensor in self.tensors.items()}
+
+    def scatter(self, slots: torch.Tensor, state: State) -> None:
+        for name, tensor in self.tensors.items():
+            tensor.index_copy_(1, slots, state[name].to(tensor.dtype))

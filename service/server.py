@@ -1,0 +1,134 @@
+"""Building and running the gRPC server.
+
+`create_server` (a started server on a port, for tests and embedding) is kept apart from `serve`
+(the process: logging, signals, graceful shutdown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from vidlstm.models import (
+    InferenceModel,
+    ModelSpec,
+    build_model,
+    default_spec,
+    load_model,
+    select_device,
+    set_threads,
+)
+from vidlstm.v1 import encoder_pb2 as pb
+from vidlstm.v1 import encoder_pb2_grpc as pb_grpc
+
+from .batcher import Batcher
+from .convert import FrameLimits
+from .engine import BatchEngine
+from .pool import StatePool
+from .servicer import EncoderServicer
+from .settings import ServerSettings
+from .streams import StreamRegistry
+
+__all__ = ["RunningServer", "create_server", "load_inference_model", "serve"]
+
+log = logging.getLogger("vidlstm.service")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Encoder"].full_name
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    servicer: EncoderServicer
+    batcher: Batcher
+    health: HealthServicer
+
+    async def stop(self, grace: float | None) -> None:
+        """Health goes NOT_SERVING, new calls are refused, running ones get `grace` seconds."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.batcher.stop()
+        self.servicer.close()
+
+
+def load_inference_model(settings: ServerSettings) -> InferenceModel:
+    set_threads(settings.threads)
+    device = select_device(settings.device)
+    if settings.model is not None:
+        model = load_model(settings.model, settings.spec)
+    else:
+        model = build_model(default_spec() if settings.spec is None else ModelSpec.load(settings.spec))
+    return InferenceModel(model, device)
+
+
+async def create_server(settings: ServerSettings, model: InferenceModel) -> RunningServer:
+    """Builds, binds and starts a server for `model`; port 0 picks a free port."""
+    pool = StatePool(model.state_specs, settings.state_capacity, model.device)
+    batcher = Batcher(
+        BatchEngine(model, pool, cnn_batch_size=settings.max_batch_size),
+        max_batch_size=settings.max_batch_size,
+        max_queue_delay=settings.max_queue_delay_ms / 1000,
+        max_queued_jobs=settings.max_queued_jobs,
+    )
+    servicer = EncoderServicer(
+        model,
+        batcher,
+        StreamRegistry(
+            pool, max_streams=settings.max_streams, max_envs_per_stream=settings.max_envs_per_stream
+        ),
+        limits=FrameLimits(settings.max_frames_per_call, settings.max_frame_side, settings.max_image_pixels),
+        stream_idle_timeout=settings.stream_idle_timeout_s,
+    )
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    pb_grpc.add_EncoderServicer_to_server(servicer, server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise OSError(f"could not bind {settings.host}:{settings.port}")
+    batcher.start()
+    await server.start()
+    for service in ("", SERVICE_NAME):
+        await health.set(service, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, port, servicer, batcher, health)
+
+
+async def serve(settings: ServerSettings) -> None:
+    """Runs until SIGINT/SIGTERM, then drains for `grace_period_s`."""
+    model = load_inference_model(settings)
+    running = await create_server(settings, model)
+    log.info(
+        "serving model %r (%s, embedding %d, weights %s) on %s, listening on %s:%d",
+        model.model.spec.name,
+        model.model.spec.encoder.name,
+        model.model.out_size,
+        model.weights_hash[:12],
+        model.device,
+        settings.host,
+        running.port,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: draining calls for up to %.1f s", settings.grace_period_s)
+    await running.stop(settings.grace_period_s)
+    log.info("stopped")

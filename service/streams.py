@@ -1,0 +1,65 @@
+"""Per-stream bookkeeping: which pool slot holds each env's state, and stream-level limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import InvalidArgument, ResourceExhausted
+from .pool import StatePool
+
+__all__ = ["StreamRegistry", "StreamState"]
+
+
+@dataclass
+class StreamState:
+    """The envs of one open stream: env index -> pool slot."""
+
+    slots: dict[int, int] = field(default_factory=dict)
+
+
+class StreamRegistry:
+    def __init__(self, pool: StatePool, *, max_streams: int, max_envs_per_stream: int) -> None:
+        self.pool = pool
+        self.max_streams = max_streams
+        self.max_envs_per_stream = max_envs_per_stream
+        self._streams: set[int] = set()
+
+    @property
+    def live_streams(self) -> int:
+        return len(self._streams)
+
+    def open(self) -> StreamState:
+        if len(self._streams) >= self.max_streams:
+            raise ResourceExhausted(
+                f"{len(self._streams)} streams are open, the limit is {self.max_streams}; "
+                "close idle streams or use more envs per stream"
+            )
+        stream = StreamState()
+        self._streams.add(id(stream))
+        return stream
+
+    def close(self, stream: StreamState) -> None:
+        self.pool.release(list(stream.slots.values()))
+        stream.slots.clear()
+        self._streams.discard(id(stream))
+
+    def bind(self, stream: StreamState, env_ids: list[int]) -> list[int]:
+        """Slots of `env_ids`, allocating for envs this stream has not seen; returns the new ids."""
+        new = [e for e in dict.fromkeys(env_ids) if e not in stream.slots]
+        if len(stream.slots) + len(new) > self.max_envs_per_stream:
+            raise ResourceExhausted(
+                f"stream would hold {len(stream.slots) + len(new)} envs, the limit is "
+                f"{self.max_envs_per_stream}; release envs (release_env_ids) or open another stream"
+            )
+        for env_id, slot in zip(new, self.pool.allocate(len(new)), strict=True):
+            stream.slots[env_id] = slot
+        return new
+
+    def slots_of(self, stream: StreamState, env_ids: list[int]) -> list[int]:
+        unknown = [e for e in env_ids if e not in stream.slots]
+        if unknown:
+            raise InvalidArgument(f"env ids {unknown} have no state in this stream; step them first")
+        return [stream.slots[e] for e in env_ids]
+
+    def release(self, stream: StreamState, env_ids: list[int]) -> None:
+        self.pool.release([stream.slots.pop(e) for e in env_ids if e in stream.slots])

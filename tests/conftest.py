@@ -1,0 +1,86 @@
+"""Shared fixtures: the default model in process, and a real server on a free localhost port."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar
+
+import numpy as np
+import pytest
+
+from vidlstm.models import InferenceModel, PixelFormat, build_model, default_spec, prepare_frames
+from vidlstm.service import RunningServer, ServerSettings, create_server
+
+T = TypeVar("T")
+
+
+class ServerThread:
+    """A real gRPC server on its own event loop thread, so tests can use blocking clients."""
+
+    def __init__(self, settings: ServerSettings, model: InferenceModel) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="test-server", daemon=True)
+        self.thread.start()
+        self.running: RunningServer = self.call(create_server(settings, model))
+        self.address = f"127.0.0.1:{self.running.port}"
+
+    def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=60)
+
+    @property
+    def servicer(self) -> Any:
+        return self.running.servicer
+
+    def stop(self) -> None:
+        self.call(self.running.stop(0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+
+@pytest.fixture(scope="session")
+def model() -> InferenceModel:
+    """The default model (seeded Nature CNN + LSTM), on CPU."""
+    return InferenceModel(build_model(default_spec()), __import__("torch").device("cpu"))
+
+
+@pytest.fixture(scope="session")
+def server(model: InferenceModel) -> Iterator[ServerThread]:
+    running = ServerThread(ServerSettings(port=0, max_frames_per_call=512), model)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+def random_frames(
+    rng: np.random.Generator, count: int, height: int = 84, width: int = 84, channels: int = 1
+) -> np.ndarray:
+    """Frames with structure (smooth gradients + noise), so resizing and JPEG are meaningful."""
+    y, x = np.mgrid[0:height, 0:width]
+    frames = []
+    for _ in range(count):
+        base = (
+            np.sin(x / rng.uniform(3, 12) + rng.uniform(0, 6)) + np.cos(y / rng.uniform(3, 12))
+        ) * 60 + 128
+        layers = [base + rng.normal(0, 10, base.shape) for _ in range(channels)]
+        frames.append(np.stack(layers, axis=-1))
+    return np.clip(frames, 0, 255).astype(np.uint8)
+
+
+def reference_embeddings(
+    model: InferenceModel,
+    frames: np.ndarray,
+    pixel_format: PixelFormat = PixelFormat.GRAY,
+    episode_start: np.ndarray | None = None,
+) -> np.ndarray:
+    """The plain in-process run: prepare, then one model call over the whole sequence [T, D]."""
+    prepared = prepare_frames(frames, pixel_format, model.model.spec.input)
+    starts = None if episode_start is None else np.asarray(episode_start)[:, None]
+    embeddings, _ = model.encode(prepared[:, None], episode_start=starts)
+    return embeddings[:, 0]

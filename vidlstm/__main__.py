@@ -1,0 +1,5 @@
+import sys
+
+from vidlstm.cli import main
+
+sys.exit(main())
