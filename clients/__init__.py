@@ -14,10 +14,12 @@ from .errors import (
     VidlstmError,
 )
 from .requests import EncodeResult, SequenceInput
+from .session import AsyncSession, Session
 from .state import RecurrentState
 
 __all__ = [
     "AsyncEncoderClient",
+    "AsyncSession",
     "DeadlineExceededError",
     "EncodeResult",
     "EncoderClient",
@@ -29,6 +31,7 @@ __all__ = [
     "ServerBusyError",
     "ServerError",
     "ServerUnavailableError",
+    "Session",
     "StreamClosedError",
     "UnauthenticatedError",
     "VidlstmError",

@@ -25,7 +25,9 @@ from .requests import (
     encode_request,
     encode_results,
 )
+from .session import AsyncSession, Session
 from .state import RecurrentState
+from .stream_messages import SessionConfig
 
 __all__ = ["AsyncEncoderClient", "EncoderClient", "channel_options"]
 
@@ -84,6 +86,18 @@ class EncoderClient:
             raise from_rpc_error(error) from None
         return encode_results(response)
 
+    def session(
+        self,
+        num_envs: int | None = None,
+        *,
+        pixel_format: str = "RGB",
+        dtype: EmbeddingDType = "float32",
+        initial_states: dict[int, RecurrentState] | None = None,
+    ) -> Session:
+        """Opens a stream: `num_envs=None` steps one env ([H, W, C] -> [D]), else B envs at once."""
+        config = SessionConfig(num_envs, pixel_format, dtype, dict(initial_states or {}))
+        return Session(self.stub, config)
+
     def close(self) -> None:
         self.channel.close()
 
@@ -138,6 +152,18 @@ class AsyncEncoderClient:
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         return encode_results(response)
+
+    def session(
+        self,
+        num_envs: int | None = None,
+        *,
+        pixel_format: str = "RGB",
+        dtype: EmbeddingDType = "float32",
+        initial_states: dict[int, RecurrentState] | None = None,
+    ) -> AsyncSession:
+        """Opens a stream (see `EncoderClient.session`)."""
+        config = SessionConfig(num_envs, pixel_format, dtype, dict(initial_states or {}))
+        return AsyncSession(self.stub, config)
 
     async def close(self) -> None:
         await self.channel.close()

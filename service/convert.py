@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -144,7 +145,7 @@ def state_from_proto(
                 f"state tensor {spec.name!r} must be {want} {list(spec.shape)}, "
                 f"got {wire} {list(tensor.shape)}"
             )
-        if len(tensor.data) != want.itemsize * int(np.prod(spec.shape)):
+        if len(tensor.data) != want.itemsize * math.prod(spec.shape):
             raise InvalidArgument(f"state tensor {spec.name!r} has {len(tensor.data)} bytes for its shape")
         arrays[spec.name] = np.frombuffer(tensor.data, dtype=want).reshape(spec.shape)
     return arrays

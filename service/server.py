@@ -104,6 +104,7 @@ async def create_server(settings: ServerSettings, model: InferenceModel) -> Runn
     if port == 0:
         raise OSError(f"could not bind {settings.host}:{settings.port}")
     batcher.start()
+    servicer.start()
     await server.start()
     for service in ("", SERVICE_NAME):
         await health.set(service, health_pb2.HealthCheckResponse.SERVING)

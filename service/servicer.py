@@ -77,8 +77,15 @@ class EncoderServicer(pb_grpc.EncoderServicer):
         self._input_spec = model.model.spec.input
         self._state_specs = model.state_specs
         self._decoders = ThreadPoolExecutor(2, thread_name_prefix="vidlstm-decode")
+        self._reaper: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Starts the idle-stream reaper; call from the server's event loop."""
+        self._reaper = asyncio.get_running_loop().create_task(self._expire_idle_streams())
 
     def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
         self._decoders.shutdown(wait=False, cancel_futures=True)
 
     @property
@@ -133,20 +140,29 @@ class EncoderServicer(pb_grpc.EncoderServicer):
             stream = self.streams.open()
         except ServiceError as error:
             await context.abort(error.code, str(error))
+        loop = asyncio.get_running_loop()
         try:
-            while True:
-                try:
-                    request = await asyncio.wait_for(anext(request_iterator), self.stream_idle_timeout)
-                except StopAsyncIteration:
-                    return
-                except TimeoutError:
-                    await context.abort(
-                        grpc.StatusCode.DEADLINE_EXCEEDED,
-                        f"stream idle for {self.stream_idle_timeout:g} s; its state was dropped",
-                    )
+            async for request in request_iterator:
+                stream.last_active = loop.time()
                 yield await self._stream_step(stream, request)
+                stream.last_active = loop.time()
+        except asyncio.CancelledError:
+            if not stream.expired:
+                raise  # the client went away or the server is stopping
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"stream idle for more than {self.stream_idle_timeout:g} s; its state was dropped",
+            )
         finally:
             self.streams.close(stream)
+
+    async def _expire_idle_streams(self) -> None:
+        """Runs for the server's life: closes streams idle past `stream_idle_timeout`."""
+        period = min(1.0, self.stream_idle_timeout / 4)
+        while True:
+            await asyncio.sleep(period)
+            self.streams.expire_idle(self.stream_idle_timeout)
 
     async def _stream_step(self, stream: StreamState, request: pb.StreamRequest) -> pb.StreamResponse:
         response = pb.StreamResponse(request_id=request.request_id)

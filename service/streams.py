@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import InvalidArgument, ResourceExhausted
 from .pool import StatePool
@@ -10,11 +12,14 @@ from .pool import StatePool
 __all__ = ["StreamRegistry", "StreamState"]
 
 
-@dataclass
+@dataclass(eq=False)
 class StreamState:
-    """The envs of one open stream: env index -> pool slot."""
+    """The envs of one open stream (env index -> pool slot) and when it last sent something."""
 
+    task: asyncio.Task[Any] | None
+    last_active: float
     slots: dict[int, int] = field(default_factory=dict)
+    expired: bool = False
 
 
 class StreamRegistry:
@@ -22,26 +27,35 @@ class StreamRegistry:
         self.pool = pool
         self.max_streams = max_streams
         self.max_envs_per_stream = max_envs_per_stream
-        self._streams: set[int] = set()
+        self._streams: set[StreamState] = set()
 
     @property
     def live_streams(self) -> int:
         return len(self._streams)
 
     def open(self) -> StreamState:
+        """Registers the calling handler's stream (its task is cancelled if it goes idle)."""
         if len(self._streams) >= self.max_streams:
             raise ResourceExhausted(
                 f"{len(self._streams)} streams are open, the limit is {self.max_streams}; "
                 "close idle streams or use more envs per stream"
             )
-        stream = StreamState()
-        self._streams.add(id(stream))
+        stream = StreamState(asyncio.current_task(), asyncio.get_running_loop().time())
+        self._streams.add(stream)
         return stream
 
     def close(self, stream: StreamState) -> None:
         self.pool.release(list(stream.slots.values()))
         stream.slots.clear()
-        self._streams.discard(id(stream))
+        self._streams.discard(stream)
+
+    def expire_idle(self, idle_timeout: float) -> None:
+        """Cancels the handlers of streams that sent nothing for `idle_timeout` seconds."""
+        deadline = asyncio.get_running_loop().time() - idle_timeout
+        for stream in self._streams:
+            if stream.last_active < deadline and not stream.expired and stream.task is not None:
+                stream.expired = True
+                stream.task.cancel()
 
     def bind(self, stream: StreamState, env_ids: list[int]) -> list[int]:
         """Slots of `env_ids`, allocating for envs this stream has not seen; returns the new ids."""

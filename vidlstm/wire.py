@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from vidlstm.v1 import encoder_pb2 as pb
@@ -47,7 +49,7 @@ def tensor_from_proto(tensor: pb.Tensor) -> np.ndarray:
     if dtype is None:
         raise ValueError(f"unknown tensor dtype {tensor.dtype}")
     shape = tuple(tensor.shape)
-    if len(tensor.data) != dtype.itemsize * int(np.prod(shape)):
+    if len(tensor.data) != dtype.itemsize * math.prod(shape):
         raise ValueError(f"tensor of shape {list(shape)} has {len(tensor.data)} bytes of {dtype}")
     return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
 

@@ -1,0 +1,152 @@
+"""Sessions: one `EncodeStream` per actor, stepping one env or a vector of envs.
+
+    with client.session(num_envs=8, pixel_format="GRAY") as session:
+        embeddings = session.step(frames, episode_start)      # [8, H, W, 1] -> [8, D]
+
+The server keeps every env's LSTM state for the life of the stream; `get_state` hands it out (to
+checkpoint or move an episode) and `initial_states` / `set_state` install it elsewhere.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+from collections.abc import Iterator, Sequence
+from types import TracebackType
+from typing import Any
+
+import grpc
+import numpy as np
+
+from vidlstm.v1 import encoder_pb2 as pb
+from vidlstm.v1 import encoder_pb2_grpc as pb_grpc
+
+from .errors import StreamClosedError, from_rpc_error
+from .state import RecurrentState
+from .stream_messages import SessionConfig, StepReply, read_reply, step_request
+
+__all__ = ["AsyncSession", "Session"]
+
+Starts = bool | Sequence[bool] | np.ndarray | None
+
+
+class _SessionBase:
+    def __init__(self, config: SessionConfig) -> None:
+        self.config = config
+        self._ids = itertools.count()
+        self._pending_states = dict(config.initial_states)
+        self._closed = False
+
+    def _step_request(
+        self, frames: np.ndarray | None, episode_start: Starts, returns: Sequence[int]
+    ) -> pb.StreamRequest:
+        if self._closed:
+            raise StreamClosedError("this session's stream has ended; open a new session")
+        request = step_request(
+            self.config,
+            frames,
+            episode_start,
+            request_id=next(self._ids),
+            set_states=self._pending_states,
+            return_states=returns,
+        )
+        self._pending_states = {}
+        return request
+
+    def _result(self, reply: StepReply) -> np.ndarray:
+        return reply.embeddings[0] if self.config.num_envs is None else reply.embeddings
+
+
+class Session(_SessionBase):
+    """Blocking session over a bidirectional stream."""
+
+    def __init__(
+        self, stub: pb_grpc.EncoderStub, config: SessionConfig, timeout: float | None = None
+    ) -> None:
+        super().__init__(config)
+        self._requests: queue.SimpleQueue[pb.StreamRequest | None] = queue.SimpleQueue()
+        self._call: Any = stub.EncodeStream(iter(self._requests.get, None), timeout=timeout)
+        self._responses: Iterator[pb.StreamResponse] = self._call
+
+    def step(self, frames: np.ndarray, episode_start: Starts = None) -> np.ndarray:
+        """One step of every env: embeddings [D] (one env) or [B, D]."""
+        return self._result(self._exchange(self._step_request(frames, episode_start, ())))
+
+    def get_state(self, env_id: int = 0) -> RecurrentState:
+        """The env's state after its last step, to continue the episode in another stream."""
+        return self._exchange(self._step_request(None, None, [env_id])).states[env_id]
+
+    def set_state(self, state: RecurrentState, env_id: int = 0) -> None:
+        """Installs `state` for the env before its next step."""
+        self._pending_states[env_id] = state
+
+    def _exchange(self, request: pb.StreamRequest) -> StepReply:
+        self._requests.put(request)
+        try:
+            response = next(self._responses)
+        except grpc.RpcError as error:
+            self._closed = True
+            raise from_rpc_error(error) from None
+        except StopIteration:
+            self._closed = True
+            raise StreamClosedError("the server ended the stream") from None
+        return read_reply(response)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._requests.put(None)
+            self._call.cancel()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class AsyncSession(_SessionBase):
+    """asyncio session: `await session.step(frames, episode_start)`."""
+
+    def __init__(
+        self, stub: pb_grpc.EncoderStub, config: SessionConfig, timeout: float | None = None
+    ) -> None:
+        super().__init__(config)
+        self._call: Any = stub.EncodeStream(timeout=timeout)
+
+    async def step(self, frames: np.ndarray, episode_start: Starts = None) -> np.ndarray:
+        return self._result(await self._exchange(self._step_request(frames, episode_start, ())))
+
+    async def get_state(self, env_id: int = 0) -> RecurrentState:
+        return (await self._exchange(self._step_request(None, None, [env_id]))).states[env_id]
+
+    def set_state(self, state: RecurrentState, env_id: int = 0) -> None:
+        self._pending_states[env_id] = state
+
+    async def _exchange(self, request: pb.StreamRequest) -> StepReply:
+        try:
+            await self._call.write(request)
+            response = await self._call.read()
+        except grpc.RpcError as error:
+            self._closed = True
+            raise from_rpc_error(error) from None
+        if response is grpc.aio.EOF:
+            self._closed = True
+            raise StreamClosedError("the server ended the stream")
+        return read_reply(response)
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._call.done_writing()
+            self._call.cancel()
+
+    async def __aenter__(self) -> AsyncSession:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()

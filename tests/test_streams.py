@@ -1,0 +1,239 @@
+"""EncodeStream: per-env state over a stream, batched across all clients, equal to a plain step loop."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+import time
+
+import grpc
+import numpy as np
+import pytest
+from conftest import ServerThread, random_frames
+
+from vidlstm.clients import (
+    AsyncEncoderClient,
+    DeadlineExceededError,
+    EncoderClient,
+    InvalidInputError,
+    ModelMismatchError,
+    ServerBusyError,
+)
+from vidlstm.models import InferenceModel, PixelFormat, prepare_frames
+from vidlstm.service import ServerSettings
+
+
+def step_loop(model: InferenceModel, frames: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """The plain in-process reference for one env: one model call per frame, state carried."""
+    prepared = prepare_frames(frames, PixelFormat.GRAY, model.model.spec.input)
+    state = None
+    out = []
+    for t in range(len(frames)):
+        embedding, state = model.encode(prepared[t : t + 1, None], state, starts[t : t + 1, None])
+        out.append(embedding[0, 0])
+    return np.stack(out)
+
+
+def wait_until(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def test_32_concurrent_streams_match_a_plain_step_loop(server: ServerThread, model: InferenceModel) -> None:
+    """Single-env and vector-env streams, random timing and resets: batching never changes results."""
+    rng = np.random.default_rng(7)
+    steps = 12
+    plans = []
+    for index in range(32):
+        envs = 1 if index % 2 else int(rng.integers(2, 6))
+        frames = random_frames(rng, steps * envs).reshape(steps, envs, 84, 84, 1)
+        starts = rng.random((steps, envs)) < 0.15
+        starts[0] = True
+        plans.append((envs, frames, starts))
+
+    async def actor(client: AsyncEncoderClient, index: int) -> np.ndarray:
+        envs, frames, starts = plans[index]
+        delays = np.random.default_rng(index).uniform(0, 0.01, steps)
+        async with client.session(None if envs == 1 else envs, pixel_format="GRAY") as session:
+            out = []
+            for t in range(steps):
+                await asyncio.sleep(float(delays[t]))
+                if envs == 1:
+                    out.append((await session.step(frames[t, 0], bool(starts[t, 0])))[None])
+                else:
+                    out.append(await session.step(frames[t], starts[t]))
+            return np.stack(out)  # [T, envs, D]
+
+    async def run_all() -> list[np.ndarray]:
+        async with AsyncEncoderClient(server.address) as client:
+            return await asyncio.gather(*(actor(client, i) for i in range(32)))
+
+    batches_before = server.running.batcher.stats.batches
+    results = asyncio.run(run_all())
+    for (envs, frames, starts), got in zip(plans, results, strict=True):
+        for env in range(envs):
+            expected = step_loop(model, frames[:, env], starts[:, env])
+            np.testing.assert_allclose(got[:, env], expected, atol=1e-4, rtol=0)
+    total_steps = 32 * steps
+    assert server.running.batcher.stats.batches - batches_before < total_steps, "nothing was batched"
+    assert wait_until(lambda: server.servicer.live_envs == 0)
+    assert server.servicer.streams.live_streams == 0
+
+
+def test_state_moved_to_a_new_stream_continues_exactly(server: ServerThread, model: InferenceModel) -> None:
+    rng = np.random.default_rng(3)
+    frames = random_frames(rng, 10)
+    starts = np.zeros(10, bool)
+    starts[0] = True
+    expected = step_loop(model, frames, starts)
+    with EncoderClient(server.address) as client:
+        with client.session(pixel_format="GRAY") as first:
+            head = [first.step(frames[t], starts[t]) for t in range(6)]
+            state = first.get_state()
+        with client.session(pixel_format="GRAY", initial_states={0: state}) as second:
+            tail = [second.step(frames[t], starts[t]) for t in range(6, 10)]
+        with client.session(pixel_format="GRAY") as third:  # set_state on an open stream
+            third.step(frames[0], True)
+            third.set_state(state)
+            moved = third.step(frames[6])
+    np.testing.assert_allclose(np.stack(head + tail), expected, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(moved, expected[6], atol=1e-4, rtol=0)
+
+
+def test_vector_session_equals_single_env_sessions(server: ServerThread) -> None:
+    rng = np.random.default_rng(5)
+    frames = random_frames(rng, 4 * 3).reshape(4, 3, 84, 84, 1)
+    with EncoderClient(server.address) as client:
+        with client.session(3, pixel_format="GRAY", dtype="float16") as vector:
+            together = np.stack([vector.step(frames[t]) for t in range(4)])
+        apart = []
+        for env in range(3):
+            with client.session(pixel_format="GRAY") as single:
+                apart.append(np.stack([single.step(frames[t, env]) for t in range(4)]))
+    assert together.dtype == np.float16
+    np.testing.assert_allclose(together, np.stack(apart, axis=1), atol=2e-3, rtol=1e-3)
+
+
+def test_bad_frame_is_refused_on_its_message_only(server: ServerThread, model: InferenceModel) -> None:
+    rng = np.random.default_rng(11)
+    frames = random_frames(rng, 4)
+    starts = np.array([True, False, False, False])
+    expected = step_loop(model, frames, starts)
+    with (
+        EncoderClient(server.address) as client,
+        client.session(pixel_format="GRAY") as broken,
+        client.session(pixel_format="GRAY") as other,
+    ):
+        got = [broken.step(frames[0], True)]
+        other_out = [other.step(frames[0], True)]
+        with pytest.raises(InvalidInputError, match="GRAY frames have 1 channel"):
+            broken.step(np.zeros((84, 84, 3), np.uint8))  # RGB-shaped frame on a GRAY session
+        with pytest.raises(InvalidInputError, match=r"outside 1\.\.4096"):
+            broken.step(np.zeros((5000, 2, 1), np.uint8))
+        other_out.append(other.step(frames[1]))
+        got += [broken.step(frames[t]) for t in range(1, 4)]  # the refused steps changed nothing
+        other_out += [other.step(frames[t]) for t in range(2, 4)]
+    np.testing.assert_allclose(np.stack(got), expected, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(np.stack(other_out), expected, atol=1e-4, rtol=0)
+
+
+def test_state_from_another_model_is_refused_on_a_stream(server: ServerThread) -> None:
+    from vidlstm.clients import RecurrentState
+
+    foreign = RecurrentState(
+        "f" * 64, {"h": np.zeros((1, 256), np.float32), "c": np.zeros((1, 256), np.float32)}
+    )
+    with EncoderClient(server.address) as client, client.session(pixel_format="GRAY") as session:
+        session.set_state(foreign)
+        with pytest.raises(ModelMismatchError, match="state comes from model ffffffffffff"):
+            session.step(np.zeros((84, 84, 1), np.uint8))
+        assert session.step(np.zeros((84, 84, 1), np.uint8)).shape == (256,)
+
+
+def test_client_killed_mid_stream_leaves_no_state(server: ServerThread) -> None:
+    script = textwrap.dedent(f"""
+        import numpy as np, sys
+        from vidlstm.clients import EncoderClient
+        client = EncoderClient("{server.address}")
+        session = client.session(8, pixel_format="GRAY")
+        session.step(np.zeros((8, 84, 84, 1), np.uint8))
+        print("stepped", flush=True)
+        sys.stdin.read()
+    """)
+    with subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as process:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "stepped"
+        assert server.servicer.live_envs == 8
+        process.kill()
+    assert wait_until(lambda: server.servicer.live_envs == 0), server.servicer.live_envs
+    assert server.servicer.streams.live_streams == 0
+
+
+@pytest.fixture
+def small_server(model: InferenceModel):
+    settings = ServerSettings(port=0, max_streams=2, max_envs_per_stream=4, stream_idle_timeout_s=0.5)
+    running = ServerThread(settings, model)
+    yield running
+    running.stop()
+
+
+def test_stream_limits_give_resource_exhausted(small_server: ServerThread) -> None:
+    frame = np.zeros((84, 84, 1), np.uint8)
+    with EncoderClient(small_server.address) as client:
+        with client.session(pixel_format="GRAY") as a, client.session(pixel_format="GRAY") as b:
+            a.step(frame)
+            b.step(frame)
+            with (
+                client.session(pixel_format="GRAY") as third,
+                pytest.raises(ServerBusyError, match="2 streams are open, the limit is 2"),
+            ):
+                third.step(frame)
+        with (
+            client.session(5, pixel_format="GRAY") as too_wide,
+            pytest.raises(ServerBusyError, match="stream would hold 5 envs, the limit is 4"),
+        ):
+            too_wide.step(np.zeros((5, 84, 84, 1), np.uint8))
+
+
+def test_idle_stream_is_closed_and_its_state_dropped(small_server: ServerThread) -> None:
+    with EncoderClient(small_server.address) as client, client.session(3, pixel_format="GRAY") as session:
+        session.step(np.zeros((3, 84, 84, 1), np.uint8))
+        assert small_server.servicer.live_envs == 3
+        assert wait_until(lambda: small_server.servicer.live_envs == 0, timeout=5)
+        with pytest.raises(DeadlineExceededError, match=r"idle for more than 0\.5 s") as raised:
+            session.step(np.zeros((3, 84, 84, 1), np.uint8))
+        assert raised.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_expired_calls_are_dropped_before_the_model(server: ServerThread) -> None:
+    """Calls whose deadline passes while queued behind a long job never reach the model."""
+    from vidlstm.clients import SequenceInput
+
+    big = [SequenceInput(np.zeros((256, 84, 84, 1), np.uint8)) for _ in range(2)]
+    stats = server.running.batcher.stats
+    dropped_before = stats.dropped_cancelled
+
+    async def run() -> list[object]:
+        async with (
+            AsyncEncoderClient(server.address, timeout=60) as slow,
+            AsyncEncoderClient(server.address, timeout=0.05) as hasty,
+        ):
+            long_job = asyncio.ensure_future(slow.encode_many(big, pixel_format="GRAY"))
+            await asyncio.sleep(0.02)  # the long job is queued or running
+            quick = [hasty.encode(np.zeros((1, 84, 84, 1), np.uint8), pixel_format="GRAY") for _ in range(5)]
+            outcomes = await asyncio.gather(*quick, return_exceptions=True)
+            await long_job
+            return outcomes
+
+    outcomes = asyncio.run(run())
+    assert all(isinstance(o, DeadlineExceededError) for o in outcomes), outcomes
+    assert wait_until(lambda: stats.dropped_cancelled - dropped_before == 5)
+    assert wait_until(lambda: server.servicer.live_envs == 0)
