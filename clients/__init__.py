@@ -16,6 +16,7 @@ from .errors import (
 from .requests import EncodeResult, SequenceInput
 from .session import AsyncSession, Session
 from .state import RecurrentState
+from .video import FrameSelection, VideoPart
 
 __all__ = [
     "AsyncEncoderClient",
@@ -23,6 +24,7 @@ __all__ = [
     "DeadlineExceededError",
     "EncodeResult",
     "EncoderClient",
+    "FrameSelection",
     "InvalidInputError",
     "ModelMismatchError",
     "PermissionDeniedError",
@@ -34,5 +36,6 @@ __all__ = [
     "Session",
     "StreamClosedError",
     "UnauthenticatedError",
+    "VideoPart",
     "VidlstmError",
 ]

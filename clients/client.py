@@ -7,7 +7,8 @@ with EncoderClient("localhost:50051") as client:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -18,6 +19,7 @@ from vidlstm.v1 import encoder_pb2_grpc as pb_grpc
 
 from .errors import from_rpc_error
 from .requests import (
+    DTYPES,
     EmbeddingDType,
     EncodeResult,
     FrameInput,
@@ -28,6 +30,7 @@ from .requests import (
 from .session import AsyncSession, Session
 from .state import RecurrentState
 from .stream_messages import SessionConfig
+from .video import FrameSelection, VideoPart, video_requests
 
 __all__ = ["AsyncEncoderClient", "EncoderClient", "channel_options"]
 
@@ -42,14 +45,21 @@ def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[
 
 
 class EncoderClient:
-    """Blocking client; `timeout` (seconds) is the deadline of each unary call."""
+    """Blocking client; `timeout` (seconds) is the deadline of each unary call, `video_timeout` of
+    each whole video."""
 
     def __init__(
-        self, target: str, *, timeout: float | None = 60.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+        self,
+        target: str,
+        *,
+        timeout: float | None = 60.0,
+        video_timeout: float | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.channel = grpc.insecure_channel(target, options=channel_options(max_message_bytes))
         self.stub = pb_grpc.EncoderStub(self.channel)
         self.timeout = timeout
+        self.video_timeout = video_timeout
 
     def info(self) -> pb.ModelInfo:
         try:
@@ -85,6 +95,26 @@ class EncoderClient:
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         return encode_results(response)
+
+    def encode_video(
+        self,
+        source: Path | str,
+        selection: FrameSelection | None = None,
+        *,
+        server_path: bool = False,
+        return_state: bool = False,
+        dtype: EmbeddingDType = "float32",
+    ) -> Iterator[VideoPart]:
+        """Embeds a video file, uploaded in chunks (or, with `server_path`, a path under the server's
+        --video-root); yields parts as the server computes them, the last with the summary."""
+        options = (selection or FrameSelection()).to_proto()
+        options.return_state, options.embedding_dtype = return_state, DTYPES[dtype]
+        requests = video_requests(source, options, server_path=server_path)
+        try:
+            for response in self.stub.EncodeVideo(requests, timeout=self.video_timeout):
+                yield VideoPart.from_proto(response)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
 
     def session(
         self,

@@ -18,7 +18,7 @@ __all__ = ["EncodeResult", "FrameInput", "SequenceInput", "encode_request", "enc
 # uint8 [T, H, W, C] / [T, H, W] array, or a list of encoded JPEG/PNG files.
 FrameInput = np.ndarray | Sequence[bytes]
 EmbeddingDType = Literal["float32", "float16"]
-_DTYPES = {"float32": pb.FLOAT32, "float16": pb.FLOAT16}
+DTYPES = {"float32": pb.FLOAT32, "float16": pb.FLOAT16}
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def frames_proto(frames: FrameInput, pixel_format: str) -> pb.Frames:
 def encode_request(
     sequences: Sequence[SequenceInput], *, pixel_format: str, dtype: EmbeddingDType, return_state: bool
 ) -> pb.EncodeRequest:
-    request = pb.EncodeRequest(embedding_dtype=_DTYPES[dtype], return_state=return_state)
+    request = pb.EncodeRequest(embedding_dtype=DTYPES[dtype], return_state=return_state)
     for sequence in sequences:
         item = request.sequences.add(frames=frames_proto(sequence.frames, pixel_format))
         if sequence.episode_start is not None:

@@ -11,12 +11,10 @@ from vidlstm.v1 import encoder_pb2 as pb
 from vidlstm.wire import raw_frames, tensor_from_proto
 
 from .errors import from_status_value
-from .requests import EmbeddingDType
+from .requests import DTYPES, EmbeddingDType
 from .state import RecurrentState
 
 __all__ = ["SessionConfig", "StepReply", "read_reply", "step_request"]
-
-_DTYPES = {"float32": pb.FLOAT32, "float16": pb.FLOAT16}
 
 
 @dataclass(frozen=True)
@@ -53,7 +51,7 @@ def step_request(
     return_states: Sequence[int] = (),
 ) -> pb.StreamRequest:
     request = pb.StreamRequest(
-        embedding_dtype=_DTYPES[config.dtype], request_id=request_id, return_state_env_ids=list(return_states)
+        embedding_dtype=DTYPES[config.dtype], request_id=request_id, return_state_env_ids=list(return_states)
     )
     if frames is not None:
         batch = frames[None] if config.num_envs is None else frames

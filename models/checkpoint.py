@@ -86,7 +86,7 @@ def weights_hash(model: torch.nn.Module) -> str:
     for name, tensor in sorted(model.state_dict().items()):
         cpu = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{cpu.dtype}:{tuple(cpu.shape)};".encode())
-        digest.update(cpu.view(torch.uint8).numpy().tobytes())
+        digest.update(cpu.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

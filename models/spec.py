@@ -49,7 +49,9 @@ class InputSpec:
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     frame_stack: int = 1
-    resize: str = "area"  # "area" (Atari wrappers' choice) or "linear" (faster on large frames)
+    # "area": box filter (OpenCV INTER_AREA, as Atari wrappers use; large downscales halve first),
+    # or "linear" (bilinear: fastest, aliases on large downscales).
+    resize: str = "area"
 
     def __post_init__(self) -> None:
         if self.resize not in ("area", "linear"):

@@ -31,6 +31,11 @@ _HELP = {
     "max_frames_per_call": "frames in one request",
     "max_frame_side": "largest frame height or width",
     "max_image_pixels": "largest JPEG/PNG (width x height), checked before decoding",
+    "video_root": "folder EncodeVideo may read files from (by relative path); unset: uploads only",
+    "max_video_bytes": "largest video upload",
+    "video_chunk_frames": "frames per EncodeVideo response",
+    "decoder": "video decoder: pyav (default, exact timestamps) or opencv",
+    "decoder_threads": "decoder threads per video (0: FFmpeg picks)",
     "grace_period_s": "on SIGTERM, how long running calls may finish",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
 }
@@ -42,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     for field in dataclasses.fields(ServerSettings):
         default = getattr(defaults, field.name)
         kind = {int: int, float: float}.get(type(default), str)
-        if field.name in ("model", "spec"):
+        if field.name in ("model", "spec", "video_root"):
             kind = Path
         elif field.name == "threads":
             kind = int

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import grpc
 
-__all__ = ["FailedPrecondition", "InvalidArgument", "NotFound", "ResourceExhausted", "ServiceError"]
+__all__ = [
+    "FailedPrecondition",
+    "InvalidArgument",
+    "NotFound",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "ServiceError",
+]
 
 
 class ServiceError(Exception):
@@ -27,3 +34,7 @@ class ResourceExhausted(ServiceError):
 
 class NotFound(ServiceError):
     code = grpc.StatusCode.NOT_FOUND
+
+
+class PermissionDenied(ServiceError):
+    code = grpc.StatusCode.PERMISSION_DENIED

@@ -35,6 +35,7 @@ from .pool import StatePool
 from .servicer import EncoderServicer
 from .settings import ServerSettings
 from .streams import StreamRegistry
+from .video import VideoLimits
 
 __all__ = ["RunningServer", "create_server", "load_inference_model", "serve"]
 
@@ -84,6 +85,13 @@ async def create_server(settings: ServerSettings, model: InferenceModel) -> Runn
             pool, max_streams=settings.max_streams, max_envs_per_stream=settings.max_envs_per_stream
         ),
         limits=FrameLimits(settings.max_frames_per_call, settings.max_frame_side, settings.max_image_pixels),
+        video=VideoLimits(
+            settings.video_root,
+            settings.max_video_bytes,
+            settings.video_chunk_frames,
+            settings.decoder,
+            settings.decoder_threads,
+        ),
         stream_idle_timeout=settings.stream_idle_timeout_s,
     )
     server = grpc.aio.server(

@@ -35,6 +35,7 @@ from .engine import Job
 from .errors import InvalidArgument, ServiceError
 from .model_info import model_info
 from .streams import StreamRegistry, StreamState
+from .video import VideoLimits, VideoService
 
 __all__ = ["EncoderServicer"]
 
@@ -66,6 +67,7 @@ class EncoderServicer(pb_grpc.EncoderServicer):
         streams: StreamRegistry,
         *,
         limits: FrameLimits,
+        video: VideoLimits,
         stream_idle_timeout: float,
     ) -> None:
         self.model = model
@@ -77,6 +79,7 @@ class EncoderServicer(pb_grpc.EncoderServicer):
         self._input_spec = model.model.spec.input
         self._state_specs = model.state_specs
         self._decoders = ThreadPoolExecutor(2, thread_name_prefix="vidlstm-decode")
+        self.video = VideoService(model, batcher, streams.pool, self._decoders, video)
         self._reaper: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -163,6 +166,15 @@ class EncoderServicer(pb_grpc.EncoderServicer):
         while True:
             await asyncio.sleep(period)
             self.streams.expire_idle(self.stream_idle_timeout)
+
+    async def EncodeVideo(
+        self, request_iterator: AsyncIterator[pb.VideoRequest], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.VideoResponse]:
+        try:
+            async for response in self.video.encode(request_iterator):
+                yield response
+        except ServiceError as error:
+            await context.abort(error.code, str(error))
 
     async def _stream_step(self, stream: StreamState, request: pb.StreamRequest) -> pb.StreamResponse:
         response = pb.StreamResponse(request_id=request.request_id)

@@ -29,6 +29,11 @@ class ServerSettings:
     max_frames_per_call: int = 4096
     max_frame_side: int = 4096
     max_image_pixels: int = 16_000_000
+    video_root: Path | None = None  # EncodeVideo may read files under it; None: uploads only
+    max_video_bytes: int = 2 << 30
+    video_chunk_frames: int = 128
+    decoder: str = "pyav"
+    decoder_threads: int = 0  # 0: FFmpeg picks
     grace_period_s: float = 10.0
     log_level: str = "INFO"
 
@@ -44,6 +49,8 @@ class ServerSettings:
             "max_frames_per_call",
             "max_frame_side",
             "max_image_pixels",
+            "max_video_bytes",
+            "video_chunk_frames",
         )
         for name in positive:
             if getattr(self, name) <= 0:

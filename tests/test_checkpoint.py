@@ -97,3 +97,12 @@ def test_weights_that_do_not_fit_the_spec_are_refused(tmp_path: Path) -> None:
     torch.save(build_model(SPEC).state_dict(), tmp_path / "bare.pt")
     with pytest.raises(CheckpointError, match="carries no model spec"):
         load_model(tmp_path / "bare.pt")
+
+
+def test_weights_hash_covers_backbones_with_integer_buffers() -> None:
+    """BatchNorm's 0-dim int64 `num_batches_tracked` must hash like any other tensor."""
+    spec = ModelSpec(encoder=EncoderSpec("resnet18"), input=InputSpec(height=32, width=32, grayscale=False))
+    model = build_model(spec)
+    before = weights_hash(model)
+    model.encoder.network.bn1.num_batches_tracked += 1
+    assert weights_hash(model) != before

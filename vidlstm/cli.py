@@ -13,6 +13,7 @@ COMMANDS = {
     "serve": ("vidlstm.service.cli:serve_main", "run the gRPC server (needs vidlstm[server])"),
     "info": ("vidlstm.clients.cli:info_main", "describe the model a server serves"),
     "encode-images": ("vidlstm.clients.cli:encode_images_main", "embed image files as one sequence"),
+    "encode-video": ("vidlstm.batch.cli:encode_video_main", "embed video files and folders, resumably"),
 }
 
 

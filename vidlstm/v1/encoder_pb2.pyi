@@ -209,3 +209,61 @@ class StreamResponse(_message.Message):
     error: RequestError
     request_id: int
     def __init__(self, embeddings: _Optional[_Union[Tensor, _Mapping]] = ..., env_ids: _Optional[_Iterable[int]] = ..., states: _Optional[_Mapping[int, State]] = ..., error: _Optional[_Union[RequestError, _Mapping]] = ..., request_id: _Optional[int] = ...) -> None: ...
+
+class VideoOptions(_message.Message):
+    __slots__ = ("every", "fps", "start_s", "end_s", "max_frames", "embedding_dtype", "return_state", "chunk_frames")
+    EVERY_FIELD_NUMBER: _ClassVar[int]
+    FPS_FIELD_NUMBER: _ClassVar[int]
+    START_S_FIELD_NUMBER: _ClassVar[int]
+    END_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    RETURN_STATE_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    every: int
+    fps: float
+    start_s: float
+    end_s: float
+    max_frames: int
+    embedding_dtype: DType
+    return_state: bool
+    chunk_frames: int
+    def __init__(self, every: _Optional[int] = ..., fps: _Optional[float] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., max_frames: _Optional[int] = ..., embedding_dtype: _Optional[_Union[DType, str]] = ..., return_state: _Optional[bool] = ..., chunk_frames: _Optional[int] = ...) -> None: ...
+
+class VideoRequest(_message.Message):
+    __slots__ = ("options", "path", "data")
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    options: VideoOptions
+    path: str
+    data: bytes
+    def __init__(self, options: _Optional[_Union[VideoOptions, _Mapping]] = ..., path: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class VideoSummary(_message.Message):
+    __slots__ = ("frames", "width", "height", "fps", "codec", "final_state")
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    FPS_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    FINAL_STATE_FIELD_NUMBER: _ClassVar[int]
+    frames: int
+    width: int
+    height: int
+    fps: float
+    codec: str
+    final_state: State
+    def __init__(self, frames: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., fps: _Optional[float] = ..., codec: _Optional[str] = ..., final_state: _Optional[_Union[State, _Mapping]] = ...) -> None: ...
+
+class VideoResponse(_message.Message):
+    __slots__ = ("embeddings", "timestamps_ms", "frame_indices", "summary")
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMPS_MS_FIELD_NUMBER: _ClassVar[int]
+    FRAME_INDICES_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    embeddings: Tensor
+    timestamps_ms: _containers.RepeatedScalarFieldContainer[float]
+    frame_indices: _containers.RepeatedScalarFieldContainer[int]
+    summary: VideoSummary
+    def __init__(self, embeddings: _Optional[_Union[Tensor, _Mapping]] = ..., timestamps_ms: _Optional[_Iterable[float]] = ..., frame_indices: _Optional[_Iterable[int]] = ..., summary: _Optional[_Union[VideoSummary, _Mapping]] = ...) -> None: ...

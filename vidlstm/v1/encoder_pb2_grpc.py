@@ -49,6 +49,11 @@ class EncoderStub:
                 request_serializer=vidlstm_dot_v1_dot_encoder__pb2.StreamRequest.SerializeToString,
                 response_deserializer=vidlstm_dot_v1_dot_encoder__pb2.StreamResponse.FromString,
                 _registered_method=True)
+        self.EncodeVideo = channel.stream_stream(
+                '/vidlstm.v1.Encoder/EncodeVideo',
+                request_serializer=vidlstm_dot_v1_dot_encoder__pb2.VideoRequest.SerializeToString,
+                response_deserializer=vidlstm_dot_v1_dot_encoder__pb2.VideoResponse.FromString,
+                _registered_method=True)
 
 
 class EncoderServicer:
@@ -77,6 +82,14 @@ class EncoderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EncodeVideo(self, request_iterator, context):
+        """One video, uploaded in chunks or named by a path under the server's --video-root; embeddings
+        come back in chunks as soon as they are computed, then a summary.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EncoderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +107,11 @@ def add_EncoderServicer_to_server(servicer, server):
                     servicer.EncodeStream,
                     request_deserializer=vidlstm_dot_v1_dot_encoder__pb2.StreamRequest.FromString,
                     response_serializer=vidlstm_dot_v1_dot_encoder__pb2.StreamResponse.SerializeToString,
+            ),
+            'EncodeVideo': grpc.stream_stream_rpc_method_handler(
+                    servicer.EncodeVideo,
+                    request_deserializer=vidlstm_dot_v1_dot_encoder__pb2.VideoRequest.FromString,
+                    response_serializer=vidlstm_dot_v1_dot_encoder__pb2.VideoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -177,6 +195,33 @@ class Encoder:
             '/vidlstm.v1.Encoder/EncodeStream',
             vidlstm_dot_v1_dot_encoder__pb2.StreamRequest.SerializeToString,
             vidlstm_dot_v1_dot_encoder__pb2.StreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EncodeVideo(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/vidlstm.v1.Encoder/EncodeVideo',
+            vidlstm_dot_v1_dot_encoder__pb2.VideoRequest.SerializeToString,
+            vidlstm_dot_v1_dot_encoder__pb2.VideoResponse.FromString,
             options,
             channel_credentials,
             insecure,

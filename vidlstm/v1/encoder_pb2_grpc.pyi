@@ -50,6 +50,10 @@ class EncoderStub:
     """Stateful, one stream per actor process: the server keeps the state of each environment of
     the stream for the life of the stream and answers every request, in order.
     """
+    EncodeVideo: _grpc.StreamStreamMultiCallable[_encoder_pb2.VideoRequest, _encoder_pb2.VideoResponse]
+    """One video, uploaded in chunks or named by a path under the server's --video-root; embeddings
+    come back in chunks as soon as they are computed, then a summary.
+    """
 
 @_typing.type_check_only
 class EncoderAsyncStub(EncoderStub):
@@ -63,6 +67,10 @@ class EncoderAsyncStub(EncoderStub):
     EncodeStream: _aio.StreamStreamMultiCallable[_encoder_pb2.StreamRequest, _encoder_pb2.StreamResponse]  # type: ignore[assignment]
     """Stateful, one stream per actor process: the server keeps the state of each environment of
     the stream for the life of the stream and answers every request, in order.
+    """
+    EncodeVideo: _aio.StreamStreamMultiCallable[_encoder_pb2.VideoRequest, _encoder_pb2.VideoResponse]  # type: ignore[assignment]
+    """One video, uploaded in chunks or named by a path under the server's --video-root; embeddings
+    come back in chunks as soon as they are computed, then a summary.
     """
 
 class EncoderServicer(metaclass=_abc_1.ABCMeta):
@@ -92,6 +100,16 @@ class EncoderServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_encoder_pb2.StreamResponse], _abc.AsyncIterator[_encoder_pb2.StreamResponse]]:
         """Stateful, one stream per actor process: the server keeps the state of each environment of
         the stream for the life of the stream and answers every request, in order.
+        """
+
+    @_abc_1.abstractmethod
+    def EncodeVideo(
+        self,
+        request_iterator: _MaybeAsyncIterator[_encoder_pb2.VideoRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_encoder_pb2.VideoResponse], _abc.AsyncIterator[_encoder_pb2.VideoResponse]]:
+        """One video, uploaded in chunks or named by a path under the server's --video-root; embeddings
+        come back in chunks as soon as they are computed, then a summary.
         """
 
 def add_EncoderServicer_to_server(servicer: EncoderServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

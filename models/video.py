@@ -1,0 +1,180 @@
+"""Video decoding into RGB frames with exact presentation timestamps and frame sampling.
+
+Two backends: PyAV (FFmpeg; exact timestamps from the stream's pts, rotation metadata applied) and
+OpenCV (timestamps from CAP_PROP_POS_MSEC). Frames are decoded from the start and counted, so
+frame indices are exact even for containers whose frame count is wrong or missing; sampling by
+`every`, `fps` (on presentation timestamps, no re-encode), `start_s`/`end_s` and `max_frames`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+
+__all__ = ["DECODERS", "DecodedFrame", "Sampling", "VideoError", "VideoInfo", "decode_video", "probe_video"]
+
+DECODERS = ("pyav", "opencv")
+
+
+class VideoError(ValueError):
+    """A video that cannot be read; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Which decoded frames to keep: every `every`-th, or one per 1/`fps` s of presentation time,
+    within [`start_s`, `end_s`), at most `max_frames`."""
+
+    every: int = 1
+    fps: float | None = None
+    start_s: float = 0.0
+    end_s: float | None = None
+    max_frames: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ValueError(f"every must be >= 1, got {self.every}")
+        if self.fps is not None and not self.fps > 0:
+            raise ValueError(f"fps must be > 0, got {self.fps}")
+        if self.every > 1 and self.fps is not None:
+            raise ValueError("use either every or fps, not both")
+        if self.start_s < 0 or (self.end_s is not None and self.end_s <= self.start_s):
+            raise ValueError(f"need 0 <= start < end, got start={self.start_s}, end={self.end_s}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    width: int
+    height: int
+    fps: float  # average frame rate as the container states it (0 when unknown)
+    declared_frames: int  # from the container; may be 0 or wrong
+    duration_s: float
+    codec: str
+
+
+@dataclass(frozen=True)
+class DecodedFrame:
+    image: np.ndarray  # uint8 [H, W, 3] RGB, rotated for display
+    timestamp_ms: float  # presentation time from the stream's start
+    index: int  # position among all decoded frames of the video
+
+
+class _Sampler:
+    """Keeps frames by index or by presentation time; says when nothing more can be kept."""
+
+    def __init__(self, sampling: Sampling) -> None:
+        self.sampling = sampling
+        self.kept = 0
+        self.next_time = sampling.start_s
+
+    def done(self, time_s: float) -> bool:
+        s = self.sampling
+        return (s.end_s is not None and time_s >= s.end_s) or (
+            s.max_frames is not None and self.kept >= s.max_frames
+        )
+
+    def keep(self, index: int, time_s: float) -> bool:
+        s = self.sampling
+        if time_s < s.start_s - 1e-9:
+            return False
+        if s.fps is not None:
+            if time_s + 1e-9 < self.next_time:
+                return False
+            period = 1.0 / s.fps
+            self.next_time += period * (math.floor((time_s - self.next_time) / period + 1e-9) + 1)
+        elif index % s.every:
+            return False
+        self.kept += 1
+        return True
+
+
+def probe_video(path: Path) -> VideoInfo:
+    try:
+        with av.open(str(path)) as container:
+            stream = _video_stream(container, path)
+            rate = float(stream.average_rate or stream.guessed_rate or 0)
+            duration = float(stream.duration * stream.time_base) if stream.duration else 0.0
+            if not duration and container.duration:
+                duration = container.duration / 1_000_000
+            return VideoInfo(
+                stream.width, stream.height, rate, stream.frames, duration, stream.codec_context.name
+            )
+    except av.error.FFmpegError as error:
+        raise VideoError(f"{path}: not a readable video ({error})") from None
+
+
+def decode_video(
+    path: Path, sampling: Sampling | None = None, *, backend: str = "pyav", threads: int = 0
+) -> Iterator[DecodedFrame]:
+    """Yields the sampled frames of `path` in presentation order; raises VideoError on bad data."""
+    sampling = sampling or Sampling()
+    if backend == "pyav":
+        return _decode_pyav(path, sampling, threads)
+    if backend == "opencv":
+        return _decode_opencv(path, sampling, threads)
+    raise ValueError(f"unknown decoder {backend!r}; use one of {', '.join(DECODERS)}")
+
+
+def _decode_pyav(path: Path, sampling: Sampling, threads: int) -> Iterator[DecodedFrame]:
+    sampler = _Sampler(sampling)
+    try:
+        with av.open(str(path)) as container:
+            stream = _video_stream(container, path)
+            stream.thread_type = "AUTO"
+            stream.thread_count = threads
+            origin = stream.start_time or 0
+            rate = float(stream.average_rate or stream.guessed_rate or 0)
+            for index, frame in enumerate(container.decode(stream)):
+                if frame.pts is not None:
+                    time_s = float((frame.pts - origin) * stream.time_base)
+                else:
+                    time_s = index / rate if rate else 0.0
+                if sampler.done(time_s):
+                    return
+                if sampler.keep(index, time_s):
+                    image = frame.to_ndarray(format="rgb24")
+                    if frame.rotation:
+                        image = np.ascontiguousarray(np.rot90(image, k=round(frame.rotation / 90)))
+                    yield DecodedFrame(image, time_s * 1000.0, index)
+    except av.error.FFmpegError as error:
+        raise VideoError(f"{path}: corrupt or unreadable video ({error})") from None
+
+
+def _decode_opencv(path: Path, sampling: Sampling, threads: int) -> Iterator[DecodedFrame]:
+    import cv2
+
+    if not path.is_file():
+        raise VideoError(f"{path}: no such file")
+    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, threads])
+    if not capture.isOpened():
+        raise VideoError(f"{path}: not a readable video")
+    sampler = _Sampler(sampling)
+    try:
+        index = 0
+        while True:
+            ok, image = capture.read()
+            if not ok:
+                return
+            time_s = capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+            if sampler.done(time_s):
+                return
+            if sampler.keep(index, time_s):
+                yield DecodedFrame(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), time_s * 1000.0, index)
+            index += 1
+    finally:
+        capture.release()
+
+
+def _video_stream(container: Any, path: Path) -> Any:
+    streams = container.streams.video
+    if not streams:
+        raise VideoError(f"{path}: has no video stream")
+    return streams[0]

@@ -1,0 +1,111 @@
+"""Video -> embeddings in process: a decode thread feeds a bounded queue of prepared chunks while
+the model runs, so decoding overlaps inference. The CNN sees each chunk as one batch (time is a
+batch dimension for it); the LSTM runs over the chunk as a sequence and carries its state on.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .model import State
+from .preprocessing import prepare_frames
+from .runtime import InferenceModel
+from .spec import InputSpec, PixelFormat
+from .video import Sampling, decode_video
+
+__all__ = ["FrameChunk", "VideoChunk", "encode_video", "prepared_chunks"]
+
+
+@dataclass(frozen=True)
+class FrameChunk:
+    frames: np.ndarray  # uint8 [n, C, H, W], model input
+    timestamps_ms: np.ndarray  # float64 [n]
+    indices: np.ndarray  # int64 [n]
+
+
+@dataclass(frozen=True)
+class VideoChunk:
+    embeddings: np.ndarray  # float32 [n, D]
+    timestamps_ms: np.ndarray
+    indices: np.ndarray
+    state: State  # after the chunk's last frame
+
+
+def prepared_chunks(
+    path: Path, spec: InputSpec, sampling: Sampling, *, chunk_frames: int, backend: str, threads: int
+) -> Iterator[FrameChunk]:
+    """Decodes and preprocesses `path` into chunks of at most `chunk_frames` frames."""
+    images, times, indices = [], [], []
+    for frame in decode_video(path, sampling, backend=backend, threads=threads):
+        images.append(prepare_frames(frame.image[None], PixelFormat.RGB, spec)[0])
+        times.append(frame.timestamp_ms)
+        indices.append(frame.index)
+        if len(images) == chunk_frames:
+            yield FrameChunk(np.stack(images), np.array(times), np.array(indices, dtype=np.int64))
+            images, times, indices = [], [], []
+    if images:
+        yield FrameChunk(np.stack(images), np.array(times), np.array(indices, dtype=np.int64))
+
+
+def encode_video(
+    model: InferenceModel,
+    path: Path,
+    sampling: Sampling | None = None,
+    *,
+    chunk_frames: int = 128,
+    backend: str = "pyav",
+    threads: int = 0,
+    prefetch: int = 4,
+) -> Iterator[VideoChunk]:
+    """Embeddings of `path`, chunk by chunk, as a single episode from zero state."""
+    spec = model.model.spec.input
+    sampling = sampling or Sampling()
+    decoded = prepared_chunks(
+        path, spec, sampling, chunk_frames=chunk_frames, backend=backend, threads=threads
+    )
+    chunks = _prefetched(decoded, prefetch)
+    state = None
+    for chunk in chunks:
+        embeddings, state = model.encode(chunk.frames[:, None], state)
+        yield VideoChunk(embeddings[:, 0], chunk.timestamps_ms, chunk.indices, state)
+
+
+_DONE = object()
+
+
+def _prefetched(items: Iterator[FrameChunk], depth: int) -> Iterator[FrameChunk]:
+    """Runs `items` in a thread, at most `depth` ahead; re-raises its error in the consumer."""
+    buffer: queue.Queue[object] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        buffer.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffer.put(_DONE)
+        except BaseException as error:  # handed to the consumer, which raises it
+            buffer.put(error)
+
+    thread = threading.Thread(target=produce, name="vidlstm-decode", daemon=True)
+    thread.start()
+    try:
+        while (item := buffer.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        thread.join(timeout=5)

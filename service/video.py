@@ -1,0 +1,186 @@
+"""The EncodeVideo RPC: resolve or receive the video, decode in a worker thread, embed chunk by
+chunk through the shared batcher (one pool slot carries the LSTM state), answer as it goes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+
+import numpy as np
+
+from vidlstm.models import InferenceModel
+from vidlstm.models.video import Sampling, VideoError, probe_video
+from vidlstm.models.video_pipeline import FrameChunk, prepared_chunks
+from vidlstm.v1 import encoder_pb2 as pb
+from vidlstm.wire import tensor_to_proto
+
+from .batcher import Batcher
+from .convert import embedding_dtype, state_to_proto
+from .engine import Job
+from .errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
+from .pool import StatePool
+
+__all__ = ["VideoLimits", "VideoService", "resolve_under_root"]
+
+
+@dataclass(frozen=True)
+class VideoLimits:
+    root: Path | None = None  # where `path` requests may read; None: uploads only
+    max_bytes: int = 2 << 30
+    chunk_frames: int = 128
+    decoder: str = "pyav"
+    decoder_threads: int = 0
+
+
+def resolve_under_root(root: Path | None, requested: str) -> Path:
+    """The file `requested` names under `root`, refusing `..`, paths outside and escaping symlinks."""
+    if root is None:
+        raise FailedPrecondition("this server has no --video-root; upload the video bytes instead")
+    if not requested or "\0" in requested:
+        raise InvalidArgument("empty or malformed video path")
+    if ".." in PurePath(requested).parts:
+        raise InvalidArgument(f"video path {requested!r} contains '..'; name a file under the video root")
+    base = root.resolve()
+    resolved = (base / requested).resolve()  # an absolute `requested` replaces base: checked below
+    if not resolved.is_relative_to(base):
+        raise PermissionDenied(f"video path {requested!r} is outside the server's video root")
+    if not resolved.is_file():
+        raise NotFound(f"no video file {requested!r} under the video root")
+    return resolved
+
+
+class VideoService:
+    def __init__(
+        self,
+        model: InferenceModel,
+        batcher: Batcher,
+        pool: StatePool,
+        decoders: ThreadPoolExecutor,
+        limits: VideoLimits,
+    ) -> None:
+        self.model = model
+        self.batcher = batcher
+        self.pool = pool
+        self.decoders = decoders
+        self.limits = limits
+
+    async def encode(self, requests: AsyncIterator[pb.VideoRequest]) -> AsyncIterator[pb.VideoResponse]:
+        first = await anext(requests, None)
+        if first is None:
+            raise InvalidArgument("no request: send VideoOptions with a path or the first bytes")
+        sampling, dtype = _sampling(first.options), embedding_dtype(first.options.embedding_dtype)
+        chunk_frames = first.options.chunk_frames or self.limits.chunk_frames
+        if first.path:
+            if first.data:
+                raise InvalidArgument("send either a path or the video bytes, not both")
+            async for response in self._encode_file(
+                resolve_under_root(self.limits.root, first.path), sampling, chunk_frames, dtype, first.options
+            ):
+                yield response
+            return
+        upload = await self._receive(first, requests)
+        try:
+            async for response in self._encode_file(upload, sampling, chunk_frames, dtype, first.options):
+                yield response
+        finally:
+            upload.unlink(missing_ok=True)
+
+    async def _receive(self, first: pb.VideoRequest, requests: AsyncIterator[pb.VideoRequest]) -> Path:
+        """Spools the uploaded bytes to a temporary file (containers need seeking to decode)."""
+        fd, name = tempfile.mkstemp(prefix="vidlstm-upload-", suffix=".video")
+        path = Path(name)
+        try:
+            size = 0
+            with os.fdopen(fd, "wb") as file:
+                request: pb.VideoRequest | None = first
+                while request is not None:
+                    if request.path:
+                        raise InvalidArgument("path is only allowed in the first message")
+                    size += len(request.data)
+                    if size > self.limits.max_bytes:
+                        raise ResourceExhausted(
+                            f"video upload over the limit of {self.limits.max_bytes} bytes; "
+                            "raise --max-video-bytes or send a path under --video-root"
+                        )
+                    file.write(request.data)
+                    request = await anext(requests, None)
+            if size == 0:
+                raise InvalidArgument("empty upload: send the video bytes in VideoRequest.data")
+            return path
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+
+    async def _encode_file(
+        self, path: Path, sampling: Sampling, chunk_frames: int, dtype: pb.DType, options: pb.VideoOptions
+    ) -> AsyncIterator[pb.VideoResponse]:
+        loop = asyncio.get_running_loop()
+        try:
+            info = await loop.run_in_executor(self.decoders, probe_video, path)
+        except VideoError as error:
+            raise InvalidArgument(str(error).replace(str(path), "video")) from None
+        chunks = prepared_chunks(
+            path,
+            self.model.model.spec.input,
+            sampling,
+            chunk_frames=chunk_frames,
+            backend=self.limits.decoder,
+            threads=self.limits.decoder_threads,
+        )
+        slot = self.pool.allocate(1)
+        try:
+            frames = 0
+            install = {  # the video starts from zero state, installed with its first chunk
+                s.name: np.zeros((s.shape[0], 1, *s.shape[1:]), s.numpy_dtype) for s in self.model.state_specs
+            }
+            while (chunk := await loop.run_in_executor(self.decoders, _next_chunk, chunks, path)) is not None:
+                job = Job(chunk.frames[:, None], slot, np.zeros((len(chunk.frames), 1), bool))
+                job.install_slots, job.install_state = (slot, install) if install else ([], {})
+                install = {}
+                result = await self.batcher.submit(job)
+                assert result.embeddings is not None
+                frames += len(chunk.frames)
+                yield pb.VideoResponse(
+                    embeddings=tensor_to_proto(result.embeddings[:, 0], dtype),
+                    timestamps_ms=chunk.timestamps_ms.tolist(),
+                    frame_indices=chunk.indices.tolist(),
+                )
+            summary = pb.VideoSummary(
+                frames=frames, width=info.width, height=info.height, fps=info.fps, codec=info.codec
+            )
+            if options.return_state:
+                states = (
+                    await self.batcher.submit(Job(None, [], np.zeros((1, 0), bool), read_slots=slot))
+                ).states
+                assert states is not None
+                summary.final_state.CopyFrom(
+                    state_to_proto({k: v[:, 0] for k, v in states.items()}, self.model.weights_hash)
+                )
+            yield pb.VideoResponse(summary=summary)
+        finally:
+            self.pool.release(slot)
+
+
+def _next_chunk(chunks: Iterator[FrameChunk], path: Path) -> FrameChunk | None:
+    try:
+        return next(chunks, None)
+    except VideoError as error:
+        raise InvalidArgument(str(error).replace(str(path), "video")) from None
+
+
+def _sampling(options: pb.VideoOptions) -> Sampling:
+    try:
+        return Sampling(
+            every=options.every or 1,
+            fps=options.fps or None,
+            start_s=options.start_s,
+            end_s=options.end_s or None,
+            max_frames=options.max_frames or None,
+        )
+    except ValueError as error:
+        raise InvalidArgument(f"bad VideoOptions: {error}") from None

@@ -1,0 +1,1 @@
+"""`vidlstm encode-video`: folders of videos -> embedding files, resumable, in process or remote."""

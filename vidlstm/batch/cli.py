@@ -1,0 +1,74 @@
+"""`vidlstm encode-video INPUT... --out DIR`: in process by default, `--server` for a running server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from vidlstm.clients import EncoderClient, FrameSelection, VidlstmError
+
+from .backends import Backend, LocalBackend, RemoteBackend
+from .inputs import InputError, expand_inputs
+from .outputs import FORMATS
+from .runner import RunOptions, run
+
+__all__ = ["encode_video_main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vidlstm encode-video",
+        description="Embed videos: files, folders (recursive), glob patterns or @list.txt files.",
+    )
+    parser.add_argument("inputs", nargs="+", help="video files, folders, globs, or @file with one per line")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (mirrors the input tree)")
+    parser.add_argument("--format", choices=FORMATS, default="npz", help="output format (default: npz)")
+    parser.add_argument("--save-state", action="store_true", help="also save the final LSTM state")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, log lines only")
+    pick = parser.add_argument_group("frame selection")
+    rate = pick.add_mutually_exclusive_group()
+    rate.add_argument("--every", type=int, default=1, help="keep every N-th frame")
+    rate.add_argument("--fps", type=float, help="keep one frame per 1/F s of presentation time")
+    pick.add_argument("--start", type=float, default=0.0, help="from this time (s)")
+    pick.add_argument("--end", type=float, help="up to this time (s)")
+    pick.add_argument("--max-frames", type=int, help="at most this many frames per video")
+    where = parser.add_argument_group("where the model runs")
+    where.add_argument("--server", help="HOST:PORT of a vidlstm server (default: in this process)")
+    where.add_argument("--model", type=Path, help="checkpoint (default: the seeded default model)")
+    where.add_argument("--spec", type=Path, help="model spec for weights that carry none")
+    where.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    where.add_argument("--threads", type=int, help="torch threads")
+    decode = parser.add_argument_group("decoding (in process)")
+    decode.add_argument("--decoder", choices=("pyav", "opencv"), default="pyav", help="default: pyav")
+    decode.add_argument("--decoder-threads", type=int, default=0, help="0: FFmpeg picks")
+    decode.add_argument("--chunk-frames", type=int, default=128, help="frames per model call")
+    return parser
+
+
+def encode_video_main(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        inputs = expand_inputs(args.inputs)
+        selection = FrameSelection(args.every, args.fps, args.start, args.end, args.max_frames)
+        backend = _backend(args)
+    except (InputError, VidlstmError, OSError, ValueError) as error:
+        parser.exit(2, f"vidlstm encode-video: {error}\n")
+    options = RunOptions(args.out, args.format, selection, args.save_state, args.quiet)
+    return run(inputs, backend, options)
+
+
+def _backend(args: argparse.Namespace) -> Backend:
+    if args.server:
+        return RemoteBackend(EncoderClient(args.server))
+    from vidlstm.service import ServerSettings, load_inference_model
+
+    settings = ServerSettings(model=args.model, spec=args.spec, device=args.device, threads=args.threads)
+    return LocalBackend(
+        load_inference_model(settings),
+        decoder=args.decoder,
+        decoder_threads=args.decoder_threads,
+        chunk_frames=args.chunk_frames,
+    )

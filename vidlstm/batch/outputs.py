@@ -1,0 +1,106 @@
+"""Writing one video's embeddings: npz (default), npy (+ JSON sidecar) or Parquet (a row per frame).
+
+Every file is written to a temporary name in the target folder and renamed into place, so a killed
+run never leaves a half-written output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["FORMATS", "EncodedVideo", "output_paths", "remove_partials", "write_output"]
+
+FORMATS = ("npz", "npy", "parquet")
+PARTIAL = ".partial"
+
+
+@dataclass
+class EncodedVideo:
+    embeddings: np.ndarray  # float32 [T, D]
+    timestamps_ms: np.ndarray  # float64 [T]
+    frame_indices: np.ndarray  # int64 [T]
+    metadata: dict[str, Any]  # source, size, fps, width, height, spec, weights hash, options
+    final_state: dict[str, np.ndarray] = field(default_factory=dict)  # when asked for
+
+
+def output_paths(out_dir: Path, relative: Path, fmt: str) -> list[Path]:
+    """The file(s) a video's output consists of; the last one written marks it complete."""
+    stem = out_dir / relative.with_suffix("")
+    if fmt == "npy":
+        return [stem.with_suffix(".npy"), stem.with_suffix(".json")]
+    return [stem.with_suffix(f".{fmt}")]
+
+
+def write_output(paths: list[Path], fmt: str, video: EncodedVideo) -> None:
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "npz":
+        _atomic(paths[0], lambda tmp: _write_npz(tmp, video))
+    elif fmt == "npy":
+        _atomic(paths[0], lambda tmp: np.save(tmp, video.embeddings))
+        sidecar = {
+            **video.metadata,
+            "timestamps_ms": video.timestamps_ms.tolist(),
+            "frame_indices": video.frame_indices.tolist(),
+            "final_state": {k: v.tolist() for k, v in video.final_state.items()},
+        }
+        _atomic(paths[1], lambda tmp: tmp.write_text(json.dumps(sidecar)))
+    elif fmt == "parquet":
+        _atomic(paths[0], lambda tmp: _write_parquet(tmp, video))
+    else:
+        raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+def _write_npz(path: Path, video: EncodedVideo) -> None:
+    arrays = {
+        "embeddings": video.embeddings,
+        "timestamps_ms": video.timestamps_ms,
+        "frame_indices": video.frame_indices,
+        "metadata": np.array(json.dumps(video.metadata)),
+        **{f"state_{k}": v for k, v in video.final_state.items()},
+    }
+    with open(path, "wb") as file:
+        np.savez(file, allow_pickle=False, **arrays)
+
+
+def _write_parquet(path: Path, video: EncodedVideo) -> None:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise RuntimeError("Parquet output needs pyarrow: pip install 'vidlstm[parquet]'") from None
+    dim = video.embeddings.shape[1] if video.embeddings.ndim == 2 else 0
+    embeddings = pa.FixedSizeListArray.from_arrays(pa.array(video.embeddings.reshape(-1), pa.float32()), dim)
+    table = pa.table(
+        {
+            "frame_index": pa.array(video.frame_indices, pa.int64()),
+            "timestamp_ms": pa.array(video.timestamps_ms, pa.float64()),
+            "embedding": embeddings,
+        }
+    ).replace_schema_metadata({"vidlstm": json.dumps(video.metadata)})
+    pq.write_table(table, path)
+
+
+def remove_partials(out_dir: Path) -> None:
+    """Deletes temporaries a killed run left behind (they never carry an output's name)."""
+    if out_dir.is_dir():
+        for stale in out_dir.rglob(f".*{PARTIAL}"):
+            stale.unlink(missing_ok=True)
+
+
+def _atomic(path: Path, write: Callable[[Path], object]) -> None:
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
