@@ -1,5 +1,6 @@
 """vidlstm.clients: light clients for the Encoder service (grpcio, protobuf, numpy; no torch)."""
 
+from .channel import Tls
 from .client import AsyncEncoderClient, EncoderClient
 from .errors import (
     DeadlineExceededError,
@@ -35,6 +36,7 @@ __all__ = [
     "ServerUnavailableError",
     "Session",
     "StreamClosedError",
+    "Tls",
     "UnauthenticatedError",
     "VideoPart",
     "VidlstmError",

@@ -4,20 +4,43 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
+from .channel import Tls
 from .client import EncoderClient
 from .errors import VidlstmError
 
-__all__ = ["encode_images_main", "info_main"]
+__all__ = ["add_connection_args", "client_from_args", "encode_images_main", "info_main"]
+
+
+TOKEN_ENV = "VIDLSTM_TOKEN"
+
+
+def add_connection_args(
+    parser: argparse._ActionsContainer, default_server: str | None = "localhost:50051"
+) -> None:
+    """--server, --timeout and the credentials options every client command shares."""
+    parser.add_argument("--server", default=default_server, help=f"HOST:PORT (default: {default_server})")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per call (default: 60)")
+    parser.add_argument("--tls-ca", type=Path, help="PEM CA to verify the server: connect with TLS")
+    parser.add_argument("--tls-cert", type=Path, help="PEM client certificate (mutual TLS)")
+    parser.add_argument("--tls-key", type=Path, help="PEM key of --tls-cert")
+    parser.add_argument(
+        "--token", default=os.environ.get(TOKEN_ENV), help=f"bearer token (default: ${TOKEN_ENV})"
+    )
+
+
+def client_from_args(args: argparse.Namespace) -> EncoderClient:
+    tls = Tls(args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca or args.tls_cert else None
+    return EncoderClient(args.server, timeout=args.timeout, tls=tls, token=args.token)
 
 
 def _server_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--server", default="localhost:50051", help="HOST:PORT (default: localhost:50051)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per call (default: 60)")
+    add_connection_args(parser)
     return parser
 
 
@@ -26,7 +49,7 @@ def info_main(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true", help="print the full info as JSON")
     args = parser.parse_args(argv)
     try:
-        with EncoderClient(args.server, timeout=args.timeout) as client:
+        with client_from_args(args) as client:
             info = client.info()
     except VidlstmError as error:
         parser.exit(1, f"vidlstm info: {error}\n")
@@ -57,7 +80,7 @@ def encode_images_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         images = [path.read_bytes() for path in args.images]
-        with EncoderClient(args.server, timeout=args.timeout) as client:
+        with client_from_args(args) as client:
             result = client.encode(images)
             weights_hash = client.info().weights_hash
     except (OSError, VidlstmError) as error:

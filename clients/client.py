@@ -10,13 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import grpc
 
 from vidlstm.v1 import encoder_pb2 as pb
 from vidlstm.v1 import encoder_pb2_grpc as pb_grpc
 
+from .channel import DEFAULT_MAX_MESSAGE_BYTES, Tls, call_metadata, open_channel
 from .errors import from_rpc_error
 from .requests import (
     DTYPES,
@@ -32,16 +32,7 @@ from .state import RecurrentState
 from .stream_messages import SessionConfig
 from .video import FrameSelection, VideoPart, video_requests
 
-__all__ = ["AsyncEncoderClient", "EncoderClient", "channel_options"]
-
-DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
-
-
-def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
-    return [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-    ]
+__all__ = ["AsyncEncoderClient", "EncoderClient"]
 
 
 class EncoderClient:
@@ -55,15 +46,20 @@ class EncoderClient:
         timeout: float | None = 60.0,
         video_timeout: float | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        tls: Tls | None = None,
+        token: str | None = None,
     ) -> None:
-        self.channel = grpc.insecure_channel(target, options=channel_options(max_message_bytes))
+        self.channel = open_channel(target, tls, max_message_bytes, asyncio=False)
         self.stub = pb_grpc.EncoderStub(self.channel)
+        self.metadata = call_metadata(token)
         self.timeout = timeout
         self.video_timeout = video_timeout
 
     def info(self) -> pb.ModelInfo:
         try:
-            return self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout)
+            return self.stub.GetModelInfo(
+                pb.GetModelInfoRequest(), timeout=self.timeout, metadata=self.metadata
+            )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
 
@@ -91,7 +87,7 @@ class EncoderClient:
         """Several independent sequences in one call."""
         request = encode_request(sequences, pixel_format=pixel_format, dtype=dtype, return_state=return_state)
         try:
-            response = self.stub.Encode(request, timeout=self.timeout)
+            response = self.stub.Encode(request, timeout=self.timeout, metadata=self.metadata)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         return encode_results(response)
@@ -111,7 +107,9 @@ class EncoderClient:
         options.return_state, options.embedding_dtype = return_state, DTYPES[dtype]
         requests = video_requests(source, options, server_path=server_path)
         try:
-            for response in self.stub.EncodeVideo(requests, timeout=self.video_timeout):
+            for response in self.stub.EncodeVideo(
+                requests, timeout=self.video_timeout, metadata=self.metadata
+            ):
                 yield VideoPart.from_proto(response)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
@@ -126,7 +124,7 @@ class EncoderClient:
     ) -> Session:
         """Opens a stream: `num_envs=None` steps one env ([H, W, C] -> [D]), else B envs at once."""
         config = SessionConfig(num_envs, pixel_format, dtype, dict(initial_states or {}))
-        return Session(self.stub, config)
+        return Session(self.stub, config, metadata=self.metadata)
 
     def close(self) -> None:
         self.channel.close()
@@ -144,15 +142,24 @@ class AsyncEncoderClient:
     """asyncio client with the same calls as `EncoderClient`; use inside a running event loop."""
 
     def __init__(
-        self, target: str, *, timeout: float | None = 60.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+        self,
+        target: str,
+        *,
+        timeout: float | None = 60.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        tls: Tls | None = None,
+        token: str | None = None,
     ) -> None:
-        self.channel = grpc.aio.insecure_channel(target, options=channel_options(max_message_bytes))
+        self.channel = open_channel(target, tls, max_message_bytes, asyncio=True)
         self.stub = pb_grpc.EncoderStub(self.channel)
+        self.metadata = call_metadata(token)
         self.timeout = timeout
 
     async def info(self) -> pb.ModelInfo:
         try:
-            return await self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout)
+            return await self.stub.GetModelInfo(
+                pb.GetModelInfoRequest(), timeout=self.timeout, metadata=self.metadata
+            )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
 
@@ -178,7 +185,7 @@ class AsyncEncoderClient:
     ) -> list[EncodeResult]:
         request = encode_request(sequences, pixel_format=pixel_format, dtype=dtype, return_state=return_state)
         try:
-            response = await self.stub.Encode(request, timeout=self.timeout)
+            response = await self.stub.Encode(request, timeout=self.timeout, metadata=self.metadata)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         return encode_results(response)
@@ -193,7 +200,7 @@ class AsyncEncoderClient:
     ) -> AsyncSession:
         """Opens a stream (see `EncoderClient.session`)."""
         config = SessionConfig(num_envs, pixel_format, dtype, dict(initial_states or {}))
-        return AsyncSession(self.stub, config)
+        return AsyncSession(self.stub, config, metadata=self.metadata)
 
     async def close(self) -> None:
         await self.channel.close()

@@ -9,6 +9,7 @@ checkpoint or move an episode) and `initial_states` / `set_state` install it els
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import queue
 from collections.abc import Iterator, Sequence
@@ -21,13 +22,14 @@ import numpy as np
 from vidlstm.v1 import encoder_pb2 as pb
 from vidlstm.v1 import encoder_pb2_grpc as pb_grpc
 
-from .errors import StreamClosedError, from_rpc_error
+from .errors import StreamClosedError, error_for, from_rpc_error
 from .state import RecurrentState
 from .stream_messages import SessionConfig, StepReply, read_reply, step_request
 
 __all__ = ["AsyncSession", "Session"]
 
 Starts = bool | Sequence[bool] | np.ndarray | None
+Metadata = tuple[tuple[str, str], ...]
 
 
 class _SessionBase:
@@ -61,11 +63,16 @@ class Session(_SessionBase):
     """Blocking session over a bidirectional stream."""
 
     def __init__(
-        self, stub: pb_grpc.EncoderStub, config: SessionConfig, timeout: float | None = None
+        self,
+        stub: pb_grpc.EncoderStub,
+        config: SessionConfig,
+        timeout: float | None = None,
+        metadata: Metadata = (),
     ) -> None:
         super().__init__(config)
         self._requests: queue.SimpleQueue[pb.StreamRequest | None] = queue.SimpleQueue()
-        self._call: Any = stub.EncodeStream(iter(self._requests.get, None), timeout=timeout)
+        requests = iter(self._requests.get, None)
+        self._call: Any = stub.EncodeStream(requests, timeout=timeout, metadata=metadata)
         self._responses: Iterator[pb.StreamResponse] = self._call
 
     def step(self, frames: np.ndarray, episode_start: Starts = None) -> np.ndarray:
@@ -111,10 +118,14 @@ class AsyncSession(_SessionBase):
     """asyncio session: `await session.step(frames, episode_start)`."""
 
     def __init__(
-        self, stub: pb_grpc.EncoderStub, config: SessionConfig, timeout: float | None = None
+        self,
+        stub: pb_grpc.EncoderStub,
+        config: SessionConfig,
+        timeout: float | None = None,
+        metadata: Metadata = (),
     ) -> None:
         super().__init__(config)
-        self._call: Any = stub.EncodeStream(timeout=timeout)
+        self._call: Any = stub.EncodeStream(timeout=timeout, metadata=metadata)
 
     async def step(self, frames: np.ndarray, episode_start: Starts = None) -> np.ndarray:
         return self._result(await self._exchange(self._step_request(frames, episode_start, ())))
@@ -129,12 +140,16 @@ class AsyncSession(_SessionBase):
         try:
             await self._call.write(request)
             response = await self._call.read()
-        except grpc.RpcError as error:
+        except (grpc.RpcError, asyncio.InvalidStateError):
+            # A write to a stream the server already ended fails with a generic error from gRPC
+            # core ("Internal error from Core"); the call's own status says what really happened.
             self._closed = True
-            raise from_rpc_error(error) from None
+            raise error_for(await self._call.code(), await self._call.details()) from None
         if response is grpc.aio.EOF:
             self._closed = True
-            raise StreamClosedError("the server ended the stream")
+            raise error_for(
+                await self._call.code(), await self._call.details() or "the server ended the stream"
+            )
         return read_reply(response)
 
     async def close(self) -> None:

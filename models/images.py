@@ -6,7 +6,7 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .preprocessing import FrameError
 
@@ -33,6 +33,8 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
                 return np.asarray(image.convert("RGB"))
     except FrameError:
         raise
+    except UnidentifiedImageError:
+        raise FrameError(f"corrupt or unreadable image ({len(data)} bytes): not a JPEG or PNG file") from None
     except Image.DecompressionBombError as error:
         raise FrameError(f"image is over the pixel limit of {max_pixels}: {error}") from None
     except (OSError, SyntaxError, ValueError) as error:

@@ -6,12 +6,15 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import os
 from pathlib import Path
 
 from .server import serve
 from .settings import ServerSettings
 
 __all__ = ["build_parser", "serve_main"]
+
+TOKENS_ENV = "VIDLSTM_AUTH_TOKENS"
 
 _HELP = {
     "host": "address to listen on (0.0.0.0 for all interfaces)",
@@ -36,6 +39,11 @@ _HELP = {
     "video_chunk_frames": "frames per EncodeVideo response",
     "decoder": "video decoder: pyav (default, exact timestamps) or opencv",
     "decoder_threads": "decoder threads per video (0: FFmpeg picks)",
+    "max_streams_per_client": "open streams per client (per bearer token, else per peer address)",
+    "default_deadline_s": "deadline for unary calls that set none",
+    "tls_cert": "PEM certificate chain: serve TLS",
+    "tls_key": "PEM private key for --tls-cert",
+    "tls_client_ca": "PEM CA bundle: require client certificates signed by it (mutual TLS)",
     "grace_period_s": "on SIGTERM, how long running calls may finish",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
 }
@@ -44,10 +52,17 @@ _HELP = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vidlstm serve", description="Serve CNN+LSTM embeddings over gRPC.")
     defaults = ServerSettings()
+    parser.add_argument(
+        "--auth-tokens-file",
+        type=Path,
+        help=f"bearer tokens, one per line, that calls must send (also ${TOKENS_ENV}, comma-separated)",
+    )
     for field in dataclasses.fields(ServerSettings):
+        if field.name == "auth_tokens":
+            continue
         default = getattr(defaults, field.name)
         kind = {int: int, float: float}.get(type(default), str)
-        if field.name in ("model", "spec", "video_root"):
+        if field.name in ("model", "spec", "video_root", "tls_cert", "tls_key", "tls_client_ca"):
             kind = Path
         elif field.name == "threads":
             kind = int
@@ -61,11 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def serve_main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = vars(build_parser().parse_args(argv))
     try:
-        settings = ServerSettings(**vars(args))
-    except ValueError as error:
+        tokens = _auth_tokens(args.pop("auth_tokens_file"))
+        settings = ServerSettings(**args, auth_tokens=tokens)
+    except (ValueError, OSError) as error:
         raise SystemExit(f"vidlstm serve: {error}") from None
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(serve(settings))
     return 0
+
+
+def _auth_tokens(path: Path | None) -> tuple[str, ...]:
+    """Tokens from the file (one per line, # comments) and from the environment variable."""
+    lines = path.read_text().splitlines() if path is not None else []
+    lines += os.environ.get(TOKENS_ENV, "").split(",")
+    return tuple(t for t in (line.strip() for line in lines) if t and not t.startswith("#"))

@@ -28,6 +28,7 @@ from vidlstm.models import (
 from vidlstm.v1 import encoder_pb2 as pb
 from vidlstm.v1 import encoder_pb2_grpc as pb_grpc
 
+from .auth import BearerTokenInterceptor
 from .batcher import Batcher
 from .convert import FrameLimits
 from .engine import BatchEngine
@@ -35,6 +36,7 @@ from .pool import StatePool
 from .servicer import EncoderServicer
 from .settings import ServerSettings
 from .streams import StreamRegistry
+from .tls import server_credentials
 from .video import VideoLimits
 
 __all__ = ["RunningServer", "create_server", "load_inference_model", "serve"]
@@ -82,7 +84,10 @@ async def create_server(settings: ServerSettings, model: InferenceModel) -> Runn
         model,
         batcher,
         StreamRegistry(
-            pool, max_streams=settings.max_streams, max_envs_per_stream=settings.max_envs_per_stream
+            pool,
+            max_streams=settings.max_streams,
+            max_streams_per_client=settings.max_streams_per_client,
+            max_envs_per_stream=settings.max_envs_per_stream,
         ),
         limits=FrameLimits(settings.max_frames_per_call, settings.max_frame_side, settings.max_image_pixels),
         video=VideoLimits(
@@ -93,13 +98,17 @@ async def create_server(settings: ServerSettings, model: InferenceModel) -> Runn
             settings.decoder_threads,
         ),
         stream_idle_timeout=settings.stream_idle_timeout_s,
+        default_deadline=settings.default_deadline_s,
     )
+    credentials = server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+    interceptors = [BearerTokenInterceptor(settings.auth_tokens)] if settings.auth_tokens else []
     server = grpc.aio.server(
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     pb_grpc.add_EncoderServicer_to_server(servicer, server)
     health = HealthServicer()
@@ -108,7 +117,8 @@ async def create_server(settings: ServerSettings, model: InferenceModel) -> Runn
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not bind {settings.host}:{settings.port}")
     batcher.start()
@@ -132,6 +142,11 @@ async def serve(settings: ServerSettings) -> None:
         model.device,
         settings.host,
         running.port,
+    )
+    log.info(
+        "transport: %s; auth: %s",
+        "mutual TLS" if settings.tls_client_ca else "TLS" if settings.tls_cert else "plaintext",
+        f"{len(settings.auth_tokens)} bearer token(s)" if settings.auth_tokens else "none",
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

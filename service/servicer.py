@@ -8,6 +8,8 @@ so the stream and its other envs carry on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -46,15 +48,23 @@ Response = TypeVar("Response")
 def _status_on_error(
     handler: Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Response]],
 ) -> Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Response]]:
-    """Turns a `ServiceError` raised by a unary handler into its status code and message."""
+    """Turns a `ServiceError` raised by a unary handler into its status code and message, and gives
+    calls that set no deadline the server's default one."""
 
     @wraps(handler)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Response:
+        own_deadline = self.default_deadline if context.time_remaining() is None else None
         try:
-            return await handler(self, request, context)
+            async with asyncio.timeout(own_deadline):
+                return await handler(self, request, context)
         except ServiceError as error:
             await context.abort(error.code, str(error))
-            raise  # unreachable: abort raises
+        except TimeoutError:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the call set no deadline and ran past the server's default of {self.default_deadline:g} s",
+            )
+        raise AssertionError("unreachable: abort raises")
 
     return wrapper
 
@@ -69,12 +79,14 @@ class EncoderServicer(pb_grpc.EncoderServicer):
         limits: FrameLimits,
         video: VideoLimits,
         stream_idle_timeout: float,
+        default_deadline: float,
     ) -> None:
         self.model = model
         self.batcher = batcher
         self.streams = streams
         self.limits = limits
         self.stream_idle_timeout = stream_idle_timeout
+        self.default_deadline = default_deadline
         self._info = model_info(model, max_batch_size=batcher.max_batch_size)
         self._input_spec = model.model.spec.input
         self._state_specs = model.state_specs
@@ -125,7 +137,13 @@ class EncoderServicer(pb_grpc.EncoderServicer):
             for job, slot in zip(jobs, slots, strict=True):
                 job.slots = job.install_slots = [slot]
                 job.read_slots = [slot] if request.return_state else []
-            results = await asyncio.gather(*(self.batcher.submit(job) for job in jobs))
+            # A TaskGroup cancels the other jobs if one fails, so none is left queued to write into
+            # a slot released below (cancelled jobs are dropped before the model).
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self.batcher.submit(job)) for job in jobs]
+            results = [task.result() for task in tasks]
+        except* ServiceError as errors:
+            raise errors.exceptions[0] from None
         finally:
             self.streams.pool.release(slots)
         response = pb.EncodeResponse()
@@ -140,8 +158,12 @@ class EncoderServicer(pb_grpc.EncoderServicer):
         self, request_iterator: AsyncIterator[pb.StreamRequest], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.StreamResponse]:
         try:
-            stream = self.streams.open()
+            stream = self.streams.open(_client_key(context))
         except ServiceError as error:
+            # Take the client's first message before refusing: a stream ended while the client is
+            # still writing can reach it as a reset (INTERNAL) instead of this status and message.
+            with contextlib.suppress(TimeoutError, StopAsyncIteration):
+                await asyncio.wait_for(anext(request_iterator), 1.0)
             await context.abort(error.code, str(error))
         loop = asyncio.get_running_loop()
         try:
@@ -260,3 +282,12 @@ def _batch_of(states: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     if not states:
         return {}
     return {name: np.stack([state[name] for state in states], axis=1) for name in states[0]}
+
+
+def _client_key(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """Who a stream counts against: its bearer token (hashed), else its peer's address."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return "token:" + hashlib.sha256(str(value).encode()).hexdigest()[:16]
+    peer = context.peer()  # e.g. "ipv4:127.0.0.1:53422"
+    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 __all__ = ["ServerSettings"]
@@ -23,6 +23,7 @@ class ServerSettings:
     max_queue_delay_ms: float = 0.0
     max_queued_jobs: int = 4096
     max_streams: int = 1024
+    max_streams_per_client: int = 256  # per bearer token, or per peer address without auth
     max_envs_per_stream: int = 1024
     state_capacity: int = 16384
     stream_idle_timeout_s: float = 300.0
@@ -34,8 +35,17 @@ class ServerSettings:
     video_chunk_frames: int = 128
     decoder: str = "pyav"
     decoder_threads: int = 0  # 0: FFmpeg picks
+    default_deadline_s: float = 120.0  # for unary calls that set no deadline
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # set: mutual TLS, client certificates required
+    auth_tokens: tuple[str, ...] = ()  # from --auth-tokens-file or VIDLSTM_AUTH_TOKENS; never logged
     grace_period_s: float = 10.0
     log_level: str = "INFO"
+
+    def __repr__(self) -> str:  # settings get logged: keep the tokens out
+        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "auth_tokens"}
+        return f"ServerSettings({shown}, auth_tokens=<{len(self.auth_tokens)} hidden>)"
 
     def __post_init__(self) -> None:
         positive = (
@@ -43,6 +53,8 @@ class ServerSettings:
             "max_batch_size",
             "max_queued_jobs",
             "max_streams",
+            "max_streams_per_client",
+            "default_deadline_s",
             "max_envs_per_stream",
             "state_capacity",
             "stream_idle_timeout_s",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,36 +19,51 @@ class StreamState:
 
     task: asyncio.Task[Any] | None
     last_active: float
+    client: str
     slots: dict[int, int] = field(default_factory=dict)
     expired: bool = False
 
 
 class StreamRegistry:
-    def __init__(self, pool: StatePool, *, max_streams: int, max_envs_per_stream: int) -> None:
+    def __init__(
+        self, pool: StatePool, *, max_streams: int, max_streams_per_client: int, max_envs_per_stream: int
+    ) -> None:
         self.pool = pool
         self.max_streams = max_streams
+        self.max_streams_per_client = max_streams_per_client
         self.max_envs_per_stream = max_envs_per_stream
         self._streams: set[StreamState] = set()
+        self._per_client: Counter[str] = Counter()
 
     @property
     def live_streams(self) -> int:
         return len(self._streams)
 
-    def open(self) -> StreamState:
+    def open(self, client: str) -> StreamState:
         """Registers the calling handler's stream (its task is cancelled if it goes idle)."""
         if len(self._streams) >= self.max_streams:
             raise ResourceExhausted(
                 f"{len(self._streams)} streams are open, the limit is {self.max_streams}; "
                 "close idle streams or use more envs per stream"
             )
-        stream = StreamState(asyncio.current_task(), asyncio.get_running_loop().time())
+        if self._per_client[client] >= self.max_streams_per_client:
+            raise ResourceExhausted(
+                f"this client has {self._per_client[client]} streams open, the limit per client is "
+                f"{self.max_streams_per_client}; use more envs per stream"
+            )
+        stream = StreamState(asyncio.current_task(), asyncio.get_running_loop().time(), client)
         self._streams.add(stream)
+        self._per_client[client] += 1
         return stream
 
     def close(self, stream: StreamState) -> None:
         self.pool.release(list(stream.slots.values()))
         stream.slots.clear()
-        self._streams.discard(stream)
+        if stream in self._streams:
+            self._streams.discard(stream)
+            self._per_client[stream.client] -= 1
+            if not self._per_client[stream.client]:
+                del self._per_client[stream.client]
 
     def expire_idle(self, idle_timeout: float) -> None:
         """Cancels the handlers of streams that sent nothing for `idle_timeout` seconds."""

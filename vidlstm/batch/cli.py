@@ -6,7 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from vidlstm.clients import EncoderClient, FrameSelection, VidlstmError
+from vidlstm.clients import FrameSelection, VidlstmError
+from vidlstm.clients.cli import add_connection_args, client_from_args
 
 from .backends import Backend, LocalBackend, RemoteBackend
 from .inputs import InputError, expand_inputs
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     pick.add_argument("--end", type=float, help="up to this time (s)")
     pick.add_argument("--max-frames", type=int, help="at most this many frames per video")
     where = parser.add_argument_group("where the model runs")
-    where.add_argument("--server", help="HOST:PORT of a vidlstm server (default: in this process)")
+    add_connection_args(where, default_server=None)
     where.add_argument("--model", type=Path, help="checkpoint (default: the seeded default model)")
     where.add_argument("--spec", type=Path, help="model spec for weights that carry none")
     where.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
@@ -62,7 +63,7 @@ def encode_video_main(argv: list[str]) -> int:
 
 def _backend(args: argparse.Namespace) -> Backend:
     if args.server:
-        return RemoteBackend(EncoderClient(args.server))
+        return RemoteBackend(client_from_args(args))
     from vidlstm.service import ServerSettings, load_inference_model
 
     settings = ServerSettings(model=args.model, spec=args.spec, device=args.device, threads=args.threads)

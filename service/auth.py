@@ -1,0 +1,57 @@
+"""Bearer-token authentication for every RPC but the health service (probes stay open)."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+
+__all__ = ["OPEN_SERVICES", "BearerTokenInterceptor"]
+
+OPEN_SERVICES = ("/grpc.health.v1.Health/",)
+_MESSAGE = "missing or wrong bearer token: send metadata 'authorization: Bearer <token>'"
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Lets a call through only with `authorization: Bearer <token>` for one of `tokens`.
+
+    Every token is compared, in constant time, whatever the outcome: the time taken says nothing
+    about which token, or how much of one, matched.
+    """
+
+    def __init__(self, tokens: Sequence[str]) -> None:
+        if not tokens or any(not t for t in tokens):
+            raise ValueError("auth tokens must be non-empty strings")
+        self._expected = [f"Bearer {token}".encode() for token in tokens]
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(OPEN_SERVICES) or self._allowed(details):
+            return handler
+        return _denying(handler)
+
+    def _allowed(self, details: grpc.HandlerCallDetails) -> bool:
+        presented = next(
+            (str(value) for key, value in details.invocation_metadata or () if key == "authorization"), ""
+        ).encode()
+        matches = [hmac.compare_digest(presented, expected) for expected in self._expected]
+        return any(matches)
+
+
+def _denying(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    async def deny(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, _MESSAGE)
+
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(deny)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(deny)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(deny)
+    return grpc.unary_unary_rpc_method_handler(deny)
