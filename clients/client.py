@@ -35,9 +35,14 @@ from .video import FrameSelection, VideoPart, video_requests
 __all__ = ["AsyncEncoderClient", "EncoderClient"]
 
 
-class EncoderClient:
-    """Blocking client; `timeout` (seconds) is the deadline of each unary call, `video_timeout` of
-    each whole video."""
+class _ClientBase:
+    """What both clients share: the channel, credentials and call options.
+
+    `timeout` (seconds) is the deadline of each unary call, `video_timeout` of each whole video;
+    `tls` secures the channel; `token` is sent as `authorization: Bearer <token>` with every call.
+    """
+
+    _asyncio = False
 
     def __init__(
         self,
@@ -49,11 +54,24 @@ class EncoderClient:
         tls: Tls | None = None,
         token: str | None = None,
     ) -> None:
-        self.channel = open_channel(target, tls, max_message_bytes, asyncio=False)
+        self.channel = open_channel(target, tls, max_message_bytes, asyncio=self._asyncio)
         self.stub = pb_grpc.EncoderStub(self.channel)
         self.metadata = call_metadata(token)
         self.timeout = timeout
         self.video_timeout = video_timeout
+
+    @staticmethod
+    def _session_config(
+        num_envs: int | None,
+        pixel_format: str,
+        dtype: EmbeddingDType,
+        initial_states: dict[int, RecurrentState] | None,
+    ) -> SessionConfig:
+        return SessionConfig(num_envs, pixel_format, dtype, dict(initial_states or {}))
+
+
+class EncoderClient(_ClientBase):
+    """Blocking client (see `_ClientBase` for the options)."""
 
     def info(self) -> pb.ModelInfo:
         try:
@@ -123,7 +141,7 @@ class EncoderClient:
         initial_states: dict[int, RecurrentState] | None = None,
     ) -> Session:
         """Opens a stream: `num_envs=None` steps one env ([H, W, C] -> [D]), else B envs at once."""
-        config = SessionConfig(num_envs, pixel_format, dtype, dict(initial_states or {}))
+        config = self._session_config(num_envs, pixel_format, dtype, initial_states)
         return Session(self.stub, config, metadata=self.metadata)
 
     def close(self) -> None:
@@ -138,22 +156,10 @@ class EncoderClient:
         self.close()
 
 
-class AsyncEncoderClient:
+class AsyncEncoderClient(_ClientBase):
     """asyncio client with the same calls as `EncoderClient`; use inside a running event loop."""
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        timeout: float | None = 60.0,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        tls: Tls | None = None,
-        token: str | None = None,
-    ) -> None:
-        self.channel = open_channel(target, tls, max_message_bytes, asyncio=True)
-        self.stub = pb_grpc.EncoderStub(self.channel)
-        self.metadata = call_metadata(token)
-        self.timeout = timeout
+    _asyncio = True
 
     async def info(self) -> pb.ModelInfo:
         try:
@@ -199,7 +205,7 @@ class AsyncEncoderClient:
         initial_states: dict[int, RecurrentState] | None = None,
     ) -> AsyncSession:
         """Opens a stream (see `EncoderClient.session`)."""
-        config = SessionConfig(num_envs, pixel_format, dtype, dict(initial_states or {}))
+        config = self._session_config(num_envs, pixel_format, dtype, initial_states)
         return AsyncSession(self.stub, config, metadata=self.metadata)
 
     async def close(self) -> None:
