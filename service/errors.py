@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 __all__ = [
+    "DeadlineExceeded",
     "FailedPrecondition",
     "InvalidArgument",
     "NotFound",
@@ -22,6 +23,10 @@ class ServiceError(Exception):
 
 class InvalidArgument(ServiceError):
     code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class DeadlineExceeded(ServiceError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 class FailedPrecondition(ServiceError):

@@ -96,6 +96,7 @@ async def create_server(settings: ServerSettings, model: InferenceModel) -> Runn
             settings.video_chunk_frames,
             settings.decoder,
             settings.decoder_threads,
+            settings.stream_idle_timeout_s,
         ),
         stream_idle_timeout=settings.stream_idle_timeout_s,
         default_deadline=settings.default_deadline_s,

@@ -22,7 +22,14 @@ from vidlstm.wire import tensor_to_proto
 from .batcher import Batcher
 from .convert import embedding_dtype, state_to_proto
 from .engine import Job
-from .errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
+from .errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
 from .pool import StatePool
 
 __all__ = ["VideoLimits", "VideoService", "resolve_under_root"]
@@ -35,6 +42,7 @@ class VideoLimits:
     chunk_frames: int = 128
     decoder: str = "pyav"
     decoder_threads: int = 0
+    idle_timeout: float = 300.0  # an upload that sends nothing this long is dropped
 
 
 def resolve_under_root(root: Path | None, requested: str) -> Path:
@@ -108,13 +116,21 @@ class VideoService:
                             "raise --max-video-bytes or send a path under --video-root"
                         )
                     file.write(request.data)
-                    request = await anext(requests, None)
+                    request = await self._next_upload_chunk(requests)
             if size == 0:
                 raise InvalidArgument("empty upload: send the video bytes in VideoRequest.data")
             return path
         except BaseException:
             path.unlink(missing_ok=True)
             raise
+
+    async def _next_upload_chunk(self, requests: AsyncIterator[pb.VideoRequest]) -> pb.VideoRequest | None:
+        try:
+            return await asyncio.wait_for(anext(requests, None), self.limits.idle_timeout)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"upload stalled: nothing received for {self.limits.idle_timeout:g} s; upload dropped"
+            ) from None
 
     async def _encode_file(
         self, path: Path, sampling: Sampling, chunk_frames: int, dtype: pb.DType, options: pb.VideoOptions

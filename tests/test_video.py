@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -22,6 +23,8 @@ from vidlstm.clients import EncoderClient, FrameSelection, VidlstmError
 from vidlstm.models import InferenceModel
 from vidlstm.models.video import Sampling, decode_video
 from vidlstm.service import ServerSettings
+from vidlstm.v1 import encoder_pb2 as pb
+from vidlstm.v1 import encoder_pb2_grpc as pb_grpc
 
 VFR_TIMES = [0, 40, 50, 200, 210, 215, 500, 530, 900]
 CLI = [sys.executable, "-m", "vidlstm", "encode-video", "--quiet"]
@@ -245,3 +248,20 @@ def test_inputs_expand_folders_globs_and_lists(tmp_path: Path) -> None:
         expand_inputs([str(tmp_path / "a")])
     with pytest.raises(InputError, match="no such file or folder"):
         expand_inputs([str(tmp_path / "nope.mp4")])
+
+
+def test_stalled_upload_is_dropped(videos: dict[str, Path], model: InferenceModel) -> None:
+    running = ServerThread(ServerSettings(port=0, stream_idle_timeout_s=0.5), model)
+    data = videos["h264"].read_bytes()
+
+    def stalling() -> Iterator[pb.VideoRequest]:
+        yield pb.VideoRequest(options=pb.VideoOptions(), data=data[:1000])
+        time.sleep(3)  # the client stops sending mid-upload
+
+    try:
+        with grpc.insecure_channel(running.address) as channel, pytest.raises(grpc.RpcError) as raised:
+            list(pb_grpc.EncoderStub(channel).EncodeVideo(stalling(), timeout=30))
+        assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "upload stalled" in raised.value.details()
+    finally:
+        running.stop()
