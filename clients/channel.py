@@ -33,16 +33,21 @@ class Tls:
         )
 
 
-def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
+def channel_options(
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, lb_policy: str = "pick_first"
+) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.lb_policy_name", lb_policy),
     ]
 
 
-def open_channel(target: str, tls: Tls | None, max_message_bytes: int, *, asyncio: bool) -> Any:
+def open_channel(
+    target: str, tls: Tls | None, max_message_bytes: int, lb_policy: str, *, asyncio: bool
+) -> Any:
     """A sync or asyncio channel, secure when `tls` is given."""
-    options = channel_options(max_message_bytes)
+    options = channel_options(max_message_bytes, lb_policy)
     module: Any = grpc.aio if asyncio else grpc
     if tls is None:
         return module.insecure_channel(target, options=options)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 import grpc
 
@@ -40,6 +41,8 @@ class _ClientBase:
 
     `timeout` (seconds) is the deadline of each unary call, `video_timeout` of each whole video;
     `tls` secures the channel; `token` is sent as `authorization: Bearer <token>` with every call.
+    `lb_policy="round_robin"` spreads unary calls over every address `target` resolves to (a Kubernetes
+    headless Service); each stream stays on one server. The default, pick_first, keeps one connection.
     """
 
     _asyncio = False
@@ -53,8 +56,9 @@ class _ClientBase:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         tls: Tls | None = None,
         token: str | None = None,
+        lb_policy: Literal["pick_first", "round_robin"] = "pick_first",
     ) -> None:
-        self.channel = open_channel(target, tls, max_message_bytes, asyncio=self._asyncio)
+        self.channel = open_channel(target, tls, max_message_bytes, lb_policy, asyncio=self._asyncio)
         self.stub = pb_grpc.EncoderStub(self.channel)
         self.metadata = call_metadata(token)
         self.timeout = timeout

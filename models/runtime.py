@@ -51,6 +51,12 @@ class InferenceModel:
     def initial_state(self, batch_size: int) -> State:
         return self.model.initial_state(batch_size, self.device)
 
+    def warm_up(self, batch_size: int = 8) -> None:
+        """One throwaway call, so the first request does not pay for lazy kernel and allocator setup."""
+        spec = self.model.spec.input
+        shape = (1, batch_size, spec.stacked_channels, spec.height, spec.width)
+        self.encode(np.zeros(shape, np.uint8))
+
     @torch.inference_mode()
     def encode(
         self, frames: np.ndarray, state: State | None = None, episode_start: np.ndarray | None = None

@@ -10,15 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .engine import BatchEngine, Job, JobResult
 from .errors import ResourceExhausted
+from .metrics import Metrics
 
 __all__ = ["BatchStats", "Batcher"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Pending:
+    job: Job
+    result: asyncio.Future[JobResult]
+    queued_at: float
 
 
 @dataclass
@@ -36,6 +45,7 @@ class Batcher:
         max_batch_size: int,
         max_queue_delay: float,
         max_queued_jobs: int,
+        metrics: Metrics,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -46,8 +56,9 @@ class Batcher:
         self.max_queue_delay = max_queue_delay
         self.max_queued_jobs = max_queued_jobs
         self.stats = BatchStats()
-        self._queue: asyncio.Queue[tuple[Job, asyncio.Future[JobResult]]] = asyncio.Queue()
-        self._carry: tuple[Job, asyncio.Future[JobResult]] | None = None
+        self.metrics = metrics
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._carry: _Pending | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="vidlstm-model")
         self._task: asyncio.Task[None] | None = None
 
@@ -65,7 +76,7 @@ class Batcher:
         if self._queue.qsize() >= self.max_queued_jobs:
             raise ResourceExhausted(f"server busy: {self._queue.qsize()} requests queued; retry with backoff")
         future: asyncio.Future[JobResult] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((job, future))
+        self._queue.put_nowait(_Pending(job, future, time.perf_counter()))
         return await future
 
     async def _loop(self) -> None:
@@ -75,44 +86,48 @@ class Batcher:
             self.engine.pool.recycle_released()
             if not batch:
                 continue
-            jobs = [job for job, _ in batch]
+            jobs = [pending.job for pending in batch]
+            started = time.perf_counter()
             try:
                 results = await loop.run_in_executor(self._executor, self.engine.run, jobs)
             except Exception as error:  # a bug or device failure: fail these calls, keep serving
                 log.exception("batch of %d jobs failed", len(jobs))
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
+                for pending in batch:
+                    if not pending.result.done():
+                        pending.result.set_exception(error)
                 continue
+            frames = sum(job.frame_count for job in jobs)
             self.stats.batches += 1
-            self.stats.frames += sum(job.frame_count for job in jobs)
-            for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
+            self.stats.frames += frames
+            self.metrics.observe_batch(
+                frames, [started - p.queued_at for p in batch], time.perf_counter() - started
+            )
+            for pending, result in zip(batch, results, strict=True):
+                if not pending.result.done():
+                    pending.result.set_result(result)
 
-    async def _collect(self) -> list[tuple[Job, asyncio.Future[JobResult]]]:
-        batch: list[tuple[Job, asyncio.Future[JobResult]]] = []
+    async def _collect(self) -> list[_Pending]:
+        batch: list[_Pending] = []
         size = 0
         first = self._carry or await self._queue.get()
         self._carry = None
         deadline = asyncio.get_running_loop().time() + self.max_queue_delay
-        item: tuple[Job, asyncio.Future[JobResult]] | None = first
+        item: _Pending | None = first
         while item is not None:
-            job, future = item
-            if future.cancelled():
+            if item.result.cancelled():
                 self.stats.dropped_cancelled += 1
-            elif batch and size + job.frame_count > self.max_batch_size:
+            elif batch and size + item.job.frame_count > self.max_batch_size:
                 self._carry = item
                 break
             else:
                 batch.append(item)
-                size += job.frame_count
+                size += item.job.frame_count
             if size >= self.max_batch_size:
                 break
             item = await self._next(deadline)
         return batch
 
-    async def _next(self, deadline: float) -> tuple[Job, asyncio.Future[JobResult]] | None:
+    async def _next(self, deadline: float) -> _Pending | None:
         try:
             return self._queue.get_nowait()
         except asyncio.QueueEmpty:

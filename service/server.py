@@ -32,6 +32,7 @@ from .auth import BearerTokenInterceptor
 from .batcher import Batcher
 from .convert import FrameLimits
 from .engine import BatchEngine
+from .metrics import Metrics, MetricsInterceptor, start_metrics_http
 from .pool import StatePool
 from .servicer import EncoderServicer
 from .settings import ServerSettings
@@ -52,6 +53,7 @@ class RunningServer:
     servicer: EncoderServicer
     batcher: Batcher
     health: HealthServicer
+    metrics: Metrics
 
     async def stop(self, grace: float | None) -> None:
         """Health goes NOT_SERVING, new calls are refused, running ones get `grace` seconds."""
@@ -74,21 +76,26 @@ def load_inference_model(settings: ServerSettings) -> InferenceModel:
 async def create_server(settings: ServerSettings, model: InferenceModel) -> RunningServer:
     """Builds, binds and starts a server for `model`; port 0 picks a free port."""
     pool = StatePool(model.state_specs, settings.state_capacity, model.device)
+    metrics = Metrics()
     batcher = Batcher(
         BatchEngine(model, pool, cnn_batch_size=settings.max_batch_size),
         max_batch_size=settings.max_batch_size,
         max_queue_delay=settings.max_queue_delay_ms / 1000,
         max_queued_jobs=settings.max_queued_jobs,
+        metrics=metrics,
     )
+    streams = StreamRegistry(
+        pool,
+        max_streams=settings.max_streams,
+        max_streams_per_client=settings.max_streams_per_client,
+        max_envs_per_stream=settings.max_envs_per_stream,
+    )
+    metrics.live_streams.set_function(lambda: streams.live_streams)
+    metrics.live_envs.set_function(lambda: pool.live)
     servicer = EncoderServicer(
         model,
         batcher,
-        StreamRegistry(
-            pool,
-            max_streams=settings.max_streams,
-            max_streams_per_client=settings.max_streams_per_client,
-            max_envs_per_stream=settings.max_envs_per_stream,
-        ),
+        streams,
         limits=FrameLimits(settings.max_frames_per_call, settings.max_frame_side, settings.max_image_pixels),
         video=VideoLimits(
             settings.video_root,
@@ -102,7 +109,10 @@ async def create_server(settings: ServerSettings, model: InferenceModel) -> Runn
         default_deadline=settings.default_deadline_s,
     )
     credentials = server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
-    interceptors = [BearerTokenInterceptor(settings.auth_tokens)] if settings.auth_tokens else []
+    # Metrics outermost, so calls the token check refuses are counted too.
+    interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(metrics)]
+    if settings.auth_tokens:
+        interceptors.append(BearerTokenInterceptor(settings.auth_tokens))
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
@@ -127,13 +137,24 @@ async def create_server(settings: ServerSettings, model: InferenceModel) -> Runn
     await server.start()
     for service in ("", SERVICE_NAME):
         await health.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, servicer, batcher, health)
+    return RunningServer(server, port, servicer, batcher, health, metrics)
 
 
 async def serve(settings: ServerSettings) -> None:
-    """Runs until SIGINT/SIGTERM, then drains for `grace_period_s`."""
+    """Runs until SIGINT/SIGTERM, then drains for `grace_period_s`.
+
+    The model is loaded and warmed up before the port opens, so health says SERVING only when a
+    request would be answered at full speed.
+    """
+    log.info("settings: %r", settings)
     model = load_inference_model(settings)
+    model.warm_up()
     running = await create_server(settings, model)
+    stop_metrics = (
+        start_metrics_http(running.metrics, settings.host, settings.metrics_port)
+        if settings.metrics_port is not None
+        else lambda: None
+    )
     log.info(
         "serving model %r (%s, embedding %d, weights %s) on %s, listening on %s:%d",
         model.model.spec.name,
@@ -145,9 +166,12 @@ async def serve(settings: ServerSettings) -> None:
         running.port,
     )
     log.info(
-        "transport: %s; auth: %s",
+        "transport: %s; auth: %s; metrics: %s",
         "mutual TLS" if settings.tls_client_ca else "TLS" if settings.tls_cert else "plaintext",
         f"{len(settings.auth_tokens)} bearer token(s)" if settings.auth_tokens else "none",
+        f"http://{settings.host}:{settings.metrics_port}/metrics"
+        if settings.metrics_port is not None
+        else "off",
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -156,4 +180,5 @@ async def serve(settings: ServerSettings) -> None:
     await stop.wait()
     log.info("shutting down: draining calls for up to %.1f s", settings.grace_period_s)
     await running.stop(settings.grace_period_s)
+    stop_metrics()
     log.info("stopped")

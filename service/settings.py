@@ -1,73 +1,132 @@
-"""Server settings: built once in the entry point, then passed down (nothing reads globals)."""
+"""Server settings: typed and validated, built once in the entry point, then passed down.
+
+Each value comes from, strongest first: a `vidlstm serve` flag, a `VIDLSTM_<NAME>` environment variable,
+the YAML/JSON/TOML file named by `--config` (or `VIDLSTM_CONFIG`), the default here.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import tomllib
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
-__all__ = ["ServerSettings"]
+import yaml
+from pydantic import Field, ValidationInfo, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+__all__ = ["ENV_PREFIX", "ServerSettings"]
+
+ENV_PREFIX = "VIDLSTM_"
 MiB = 1 << 20
+Positive = Annotated[int, Field(gt=0)]
+PositiveSeconds = Annotated[float, Field(gt=0)]
 
 
-@dataclass(frozen=True)
-class ServerSettings:
-    host: str = "127.0.0.1"
-    port: int = 50051
-    model: Path | None = None  # checkpoint; None serves the seeded default model
-    spec: Path | None = None  # spec file for weights that carry none
-    device: str = "auto"
-    threads: int | None = None
-    max_message_bytes: int = 64 * MiB
-    max_batch_size: int = 256
-    max_queue_delay_ms: float = 0.0
-    max_queued_jobs: int = 4096
-    max_streams: int = 1024
-    max_streams_per_client: int = 256  # per bearer token, or per peer address without auth
-    max_envs_per_stream: int = 1024
-    state_capacity: int = 16384
-    stream_idle_timeout_s: float = 300.0
-    max_frames_per_call: int = 4096
-    max_frame_side: int = 4096
-    max_image_pixels: int = 16_000_000
-    video_root: Path | None = None  # EncodeVideo may read files under it; None: uploads only
-    max_video_bytes: int = 2 << 30
-    video_chunk_frames: int = 128
-    decoder: str = "pyav"
-    decoder_threads: int = 0  # 0: FFmpeg picks
-    default_deadline_s: float = 120.0  # for unary calls that set no deadline
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_client_ca: Path | None = None  # set: mutual TLS, client certificates required
-    auth_tokens: tuple[str, ...] = ()  # from --auth-tokens-file or VIDLSTM_AUTH_TOKENS; never logged
-    grace_period_s: float = 10.0
-    log_level: str = "INFO"
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_parse_none_str="none", frozen=True, extra="forbid"
+    )
 
-    def __repr__(self) -> str:  # settings get logged: keep the tokens out
-        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "auth_tokens"}
-        return f"ServerSettings({shown}, auth_tokens=<{len(self.auth_tokens)} hidden>)"
+    config: Path | None = Field(None, description="YAML, JSON or TOML file of settings (flags and env win)")
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 for all interfaces)")
+    port: int = Field(50051, ge=0, le=65535, description="port to listen on (0 picks a free one)")
+    model: Path | None = Field(
+        None,
+        description="checkpoint: a .safetensors with its spec, a folder with spec + weights, or a .pt"
+        " with --spec; unset serves the seeded default model",
+    )
+    spec: Path | None = Field(
+        None, description="model spec (JSON/YAML); alone, serves it with seeded weights"
+    )
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    threads: Positive | None = Field(None, description="torch intra-op threads (default: one per core)")
+    max_message_bytes: Positive = Field(64 * MiB, description="largest request or response message")
+    max_batch_size: Positive = Field(256, description="most frames in one model call")
+    max_queue_delay_ms: float = Field(
+        0.0, ge=0, description="how long a batch may wait for more frames once the model is free"
+    )
+    max_queued_jobs: Positive = Field(
+        4096, description="requests waiting for the model before new ones get RESOURCE_EXHAUSTED"
+    )
+    max_streams: Positive = Field(1024, description="open EncodeStream calls at once")
+    max_streams_per_client: Positive = Field(
+        256, description="open streams per client (per bearer token, else per peer address)"
+    )
+    max_envs_per_stream: Positive = Field(1024, description="envs one stream may hold state for")
+    state_capacity: Positive = Field(
+        16384, description="envs the state pool holds in all (preallocated on the device)"
+    )
+    stream_idle_timeout_s: PositiveSeconds = Field(
+        300.0, description="a stream that sends nothing this long is closed, its state dropped"
+    )
+    max_frames_per_call: Positive = Field(4096, description="frames in one request")
+    max_frame_side: Positive = Field(4096, description="largest frame height or width")
+    max_image_pixels: Positive = Field(
+        16_000_000, description="largest JPEG/PNG (width x height), checked before decoding"
+    )
+    video_root: Path | None = Field(
+        None, description="folder EncodeVideo may read files from (by relative path); unset: uploads only"
+    )
+    max_video_bytes: Positive = Field(2 << 30, description="largest video upload")
+    video_chunk_frames: Positive = Field(128, description="frames per EncodeVideo response")
+    decoder: Literal["pyav", "opencv"] = Field("pyav", description="video decoder (pyav: exact timestamps)")
+    decoder_threads: int = Field(0, ge=0, description="decoder threads per video (0: FFmpeg picks)")
+    default_deadline_s: PositiveSeconds = Field(120.0, description="deadline for unary calls that set none")
+    tls_cert: Path | None = Field(None, description="PEM certificate chain: serve TLS")
+    tls_key: Path | None = Field(None, description="PEM private key for the TLS certificate")
+    tls_client_ca: Path | None = Field(
+        None, description="PEM CA bundle: require client certificates signed by it (mutual TLS)"
+    )
+    auth_tokens_file: Path | None = Field(
+        None, description="bearer tokens, one per line (# comments), that calls must send"
+    )
+    # Never printed (repr=False); from the environment, comma-separated, or from auth_tokens_file.
+    auth_tokens: Annotated[tuple[str, ...], NoDecode] = Field((), repr=False, validate_default=True)
+    grace_period_s: float = Field(10.0, ge=0, description="on SIGTERM, how long running calls may finish")
+    metrics_port: int | None = Field(
+        9090, ge=0, le=65535, description="Prometheus /metrics HTTP port on --host (unset: none)"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="least level logged")
+    log_format: Literal["text", "json"] = Field("text", description="text lines, or one JSON object a line")
 
-    def __post_init__(self) -> None:
-        positive = (
-            "max_message_bytes",
-            "max_batch_size",
-            "max_queued_jobs",
-            "max_streams",
-            "max_streams_per_client",
-            "default_deadline_s",
-            "max_envs_per_stream",
-            "state_capacity",
-            "stream_idle_timeout_s",
-            "max_frames_per_call",
-            "max_frame_side",
-            "max_image_pixels",
-            "max_video_bytes",
-            "video_chunk_frames",
-        )
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be in [0, 65535], got {self.port}")
-        if self.max_queue_delay_ms < 0 or self.grace_period_s < 0:
-            raise ValueError("max_queue_delay_ms and grace_period_s must be >= 0")
+    @field_validator("auth_tokens", mode="before")
+    @classmethod
+    def _split_token_list(cls, value: Any) -> Any:
+        return value.split(",") if isinstance(value, str) else value
+
+    @field_validator("auth_tokens")
+    @classmethod
+    def _add_tokens_from_file(cls, tokens: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        path: Path | None = info.data.get("auth_tokens_file")
+        lines = [*tokens, *(path.read_text().splitlines() if path is not None else [])]
+        return tuple(t for t in (line.strip() for line in lines) if t and not t.startswith("#"))
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, ConfigFileSource(settings_cls)
+
+
+class ConfigFileSource(PydanticBaseSettingsSource):
+    """The file named by the `config` setting, which the stronger sources (flags, env) have already read."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError  # __call__ reads the whole file at once
+
+    def __call__(self) -> dict[str, Any]:
+        path = self.current_state.get("config")
+        if path is None:
+            return {}
+        path = Path(path)
+        text = path.read_text()
+        values = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"config file {path} must hold a mapping of setting names to values")
+        return {str(name).replace("-", "_"): value for name, value in values.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
@@ -51,6 +52,12 @@ def server(model: InferenceModel) -> Iterator[ServerThread]:
     running = ServerThread(ServerSettings(port=0, max_frames_per_call=512), model)
     yield running
     running.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

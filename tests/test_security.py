@@ -150,9 +150,3 @@ def test_calls_without_a_deadline_get_the_servers_default(model: InferenceModel)
 def test_half_a_tls_configuration_is_refused(pki: dict[str, Identity], model: InferenceModel) -> None:
     with pytest.raises(ValueError, match="needs both --tls-cert and --tls-key"):
         ServerThread(ServerSettings(port=0, tls_cert=pki["server"].cert), model)
-
-
-def test_settings_repr_hides_tokens() -> None:
-    text = repr(ServerSettings(auth_tokens=("secret-1", "secret-2")))
-    assert "secret" not in text
-    assert "<2 hidden>" in text

@@ -1,0 +1,218 @@
+"""The `vidlstm serve` process as a deployment sees it: Prometheus metrics over HTTP, JSON logs,
+health, and SIGTERM draining accepted calls and open streams before a clean exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+from conftest import ServerThread, free_port, random_frames, reference_embeddings
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from vidlstm.clients import EncoderClient, InvalidInputError, ServerUnavailableError, UnauthenticatedError
+from vidlstm.models import InferenceModel
+from vidlstm.service import ServerSettings
+
+VIDLSTM = [sys.executable, "-m", "vidlstm"]
+TOKEN = "operations-test-token"
+
+
+class ServeProcess:
+    """`vidlstm serve` on free ports with JSON logs and metrics, its output collected on a thread."""
+
+    def __init__(self, *flags: str) -> None:
+        self.port, self.metrics_port = free_port(), free_port()
+        self.process = subprocess.Popen(
+            [*VIDLSTM, "serve", "--port", str(self.port), "--metrics-port", str(self.metrics_port), *flags],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={
+                **os.environ,
+                "VIDLSTM_THREADS": "1",
+                "VIDLSTM_LOG_FORMAT": "json",
+                "VIDLSTM_AUTH_TOKENS": TOKEN,
+            },
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(
+            target=lambda: self.lines.extend(self.process.stdout or ()), daemon=True
+        )
+        self._reader.start()
+        self.address = f"127.0.0.1:{self.port}"
+        self._wait_until_serving()
+
+    def client(self) -> EncoderClient:
+        return EncoderClient(self.address, timeout=60, token=TOKEN)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """A sample's value from a real scrape of /metrics (0 when absent)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as page:
+            text = page.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return sample.value
+        return 0.0
+
+    def stop(self, timeout: float = 60) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout)
+        self._reader.join(timeout=10)
+        return code
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        self._reader.join(timeout=10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+    def _wait_until_serving(self) -> None:
+        deadline = time.monotonic() + 90
+        with grpc.insecure_channel(self.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while True:
+                assert self.process.poll() is None, f"server died at start: {self.lines}"
+                try:
+                    status = health.Check(
+                        health_pb2.HealthCheckRequest(service="vidlstm.v1.Encoder"), timeout=2
+                    )
+                    if status.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                assert time.monotonic() < deadline, "server did not come up"
+                time.sleep(0.2)
+
+
+def new_calls_are_refused(address: str) -> bool:
+    """Whether a fresh call soon gets UNAVAILABLE (the server answers until it handles SIGTERM)."""
+    with EncoderClient(address, timeout=10, token=TOKEN) as client:
+        for _ in range(100):
+            try:
+                client.info()
+            except ServerUnavailableError:
+                return True
+            time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def serve_process() -> Iterator[ServeProcess]:
+    running = ServeProcess("--grace-period-s", "30")
+    yield running
+    running.close()
+
+
+def test_metrics_count_calls_by_code_batches_and_live_streams(serve_process: ServeProcess, rng) -> None:
+    encode = {"grpc_service": "vidlstm.v1.Encoder", "grpc_method": "Encode"}
+    with serve_process.client() as client:
+        client.encode(random_frames(rng, 5), pixel_format="GRAY")
+        with pytest.raises(InvalidInputError):
+            client.encode([b"not an image"], pixel_format="GRAY")
+        with client.session(num_envs=3, pixel_format="GRAY") as session:
+            session.step(random_frames(rng, 3))
+            assert serve_process.metric("vidlstm_live_streams") == 1
+            assert serve_process.metric("vidlstm_live_envs") == 3
+        with (
+            EncoderClient(serve_process.address, timeout=10) as anonymous,
+            pytest.raises(UnauthenticatedError),
+        ):
+            anonymous.info()
+
+    assert serve_process.metric("grpc_server_handled_total", **encode, grpc_code="OK") == 1
+    assert serve_process.metric("grpc_server_handled_total", **encode, grpc_code="INVALID_ARGUMENT") == 1
+    assert serve_process.metric("grpc_server_handling_seconds_count", **encode, grpc_type="unary") == 2
+    assert (
+        serve_process.metric(
+            "grpc_server_handled_total", grpc_method="GetModelInfo", grpc_code="UNAUTHENTICATED"
+        )
+        == 1
+    )
+    assert serve_process.metric("vidlstm_frames_total") == 5 + 3
+    assert serve_process.metric("vidlstm_batch_frames_count") >= 2
+    assert serve_process.metric("vidlstm_batch_frames_sum") == 5 + 3
+    assert serve_process.metric("vidlstm_queue_delay_seconds_count") >= 2
+    assert serve_process.metric("vidlstm_live_streams") == 0
+    assert serve_process.metric("vidlstm_live_envs") == 0
+
+
+def test_sigterm_drains_accepted_calls_and_open_streams(
+    serve_process: ServeProcess, model: InferenceModel, rng
+) -> None:
+    """Calls in flight and a stream open at SIGTERM all get their right answers; new calls are
+    refused; health goes NOT_SERVING first; the process exits 0; every log line is JSON."""
+    stream_frames = random_frames(rng, 8)
+    call_frames = [random_frames(rng, 128) for _ in range(6)]
+    with serve_process.client() as client, ThreadPoolExecutor(6) as pool:
+        health_channel = grpc.insecure_channel(serve_process.address)
+        watch = health_pb2_grpc.HealthStub(health_channel).Watch(
+            health_pb2.HealthCheckRequest(service="vidlstm.v1.Encoder")
+        )
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        session = client.session(pixel_format="GRAY")
+        streamed = [session.step(frame) for frame in stream_frames[:3]]
+        calls = [pool.submit(client.encode, frames, pixel_format="GRAY") for frames in call_frames]
+        deadline = time.monotonic() + 30
+        while serve_process.metric("grpc_server_started_total", grpc_method="Encode") < len(calls):
+            assert time.monotonic() < deadline, "the calls never reached the server"
+            time.sleep(0.01)
+
+        serve_process.process.send_signal(signal.SIGTERM)
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        watch.cancel()
+        health_channel.close()
+        assert new_calls_are_refused(serve_process.address)
+        streamed += [session.step(frame) for frame in stream_frames[3:]]
+        session.close()
+        results = [call.result(timeout=60) for call in calls]
+
+    assert serve_process.stop() == 0
+    np.testing.assert_allclose(np.stack(streamed), reference_embeddings(model, stream_frames), atol=1e-5)
+    for frames, result in zip(call_frames, results, strict=True):
+        np.testing.assert_allclose(result.embeddings, reference_embeddings(model, frames), atol=1e-5)
+    logs = [json.loads(line) for line in serve_process.lines]
+    messages = [entry["message"] for entry in logs]
+    assert any(m.startswith("settings: ServerSettings(") for m in messages)
+    assert messages[-1] == "stopped"
+    assert TOKEN not in "".join(serve_process.lines)
+
+
+def test_unary_calls_spread_over_replicas_a_stream_stays_on_one(model: InferenceModel, rng) -> None:
+    """What a client sees through a Kubernetes headless Service: one name, several servers."""
+    replicas = [ServerThread(ServerSettings(port=0), model) for _ in range(2)]
+    target = "ipv4:" + ",".join(replica.address for replica in replicas)
+    try:
+        with EncoderClient(target, timeout=30, lb_policy="round_robin") as client:
+            for _ in range(8):
+                client.encode(random_frames(rng, 1), pixel_format="GRAY")
+            with client.session(pixel_format="GRAY") as session:
+                for frame in random_frames(rng, 4):
+                    session.step(frame)
+        handled = [_local_count(r, "Encode") for r in replicas]
+        streams = [_local_count(r, "EncodeStream") for r in replicas]
+    finally:
+        for replica in replicas:
+            replica.stop()
+    assert sum(handled) == 8
+    assert min(handled) >= 2, f"unary calls were not spread: {handled}"
+    assert sorted(streams) == [0, 1]
+
+
+def _local_count(replica: ServerThread, method: str) -> float:
+    labels = {"grpc_type": "unary" if method == "Encode" else "bidi_stream"}
+    labels |= {"grpc_service": "vidlstm.v1.Encoder", "grpc_method": method}
+    return replica.running.metrics.registry.get_sample_value("grpc_server_started_total", labels) or 0.0
