@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 ARGS ?=
 
-.PHONY: install run test lint typecheck unit proto bench clean
+.PHONY: install run test lint typecheck unit proto bench container-test clean
 
 install: $(STAMP)
 
@@ -20,9 +20,11 @@ run: install  ## serve the default model on localhost:50051 (ARGS="--port 6000 .
 
 test: install lint typecheck unit  ## the whole suite: lint + type check + tests
 
-lint: install
+lint: install  ## ruff, plus the Dockerfile and Kubernetes manifests (offline schema checks)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/kubernetes-validate --quiet --strict deploy/kubernetes/*.yaml
 
 typecheck: install  ## mypy over the package as installed: vidlstm/ plus models/, service/, clients/
 	rm -rf build/typecheck && mkdir -p build/typecheck/vidlstm
@@ -36,6 +38,9 @@ unit: install
 
 proto: install  ## regenerate vidlstm/v1 stubs from proto/
 	$(BIN)/python proto/generate.py
+
+container-test: install  ## build the image with podman and test it for real (needs root or podman)
+	PYTHON=$(BIN)/python .ci/container-test
 
 bench: install  ## streaming benchmark; results go in the README
 	$(BIN)/python benchmarks/bench_stream.py

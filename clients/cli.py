@@ -13,7 +13,7 @@ from .channel import Tls
 from .client import EncoderClient
 from .errors import VidlstmError
 
-__all__ = ["add_connection_args", "client_from_args", "encode_images_main", "info_main"]
+__all__ = ["add_connection_args", "client_from_args", "encode_images_main", "health_main", "info_main"]
 
 
 TOKEN_ENV = "VIDLSTM_TOKEN"
@@ -69,6 +69,28 @@ def info_main(argv: list[str]) -> int:
     print(f"weights        sha256:{info.weights_hash}")
     print(f"device         {info.device}")
     return 0
+
+
+def health_main(argv: list[str]) -> int:
+    """Exit 0 only while the server's gRPC health service reports SERVING: a container HEALTHCHECK
+    or a script waiting for a server (the health service needs no token)."""
+    parser = _server_parser("vidlstm health", "Check a server's gRPC health service; exit 0 if SERVING.")
+    parser.set_defaults(timeout=5.0)
+    parser.add_argument("--service", default="vidlstm.v1.Encoder", help="service to ask about ('' = server)")
+    args = parser.parse_args(argv)
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc  # in vidlstm[server] and the image
+
+    with client_from_args(args) as client:
+        try:
+            reply = health_pb2_grpc.HealthStub(client.channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
+        except grpc.RpcError as error:
+            parser.exit(1, f"vidlstm health: {args.server}: {error.code().name}: {error.details()}\n")
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(status)
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 def encode_images_main(argv: list[str]) -> int:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from conftest import ServerThread, random_frames, reference_embeddings
+from conftest import ServerThread, free_port, random_frames, reference_embeddings
 from PIL import Image
 
 from vidlstm.clients import EncoderClient
@@ -33,12 +32,21 @@ def test_info_prints_the_model(server: ServerThread, model: InferenceModel) -> N
 
 
 def test_info_on_a_dead_server_fails_with_a_message() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     result = _run("info", "--server", f"127.0.0.1:{port}", "--timeout", "2")
     assert result.returncode == 1
     assert "UNAVAILABLE" in result.stderr or "DEADLINE_EXCEEDED" in result.stderr
+
+
+def test_health_exits_0_only_while_serving(server: ServerThread) -> None:
+    serving = _run("health", "--server", server.address)
+    assert (serving.returncode, serving.stdout.strip()) == (0, "SERVING")
+    unknown = _run("health", "--server", server.address, "--service", "no.such.Service")
+    assert unknown.returncode == 1
+    assert "NOT_FOUND" in unknown.stderr
+    dead = _run("health", "--server", f"127.0.0.1:{free_port()}", "--timeout", "2")
+    assert dead.returncode == 1
+    assert "UNAVAILABLE" in dead.stderr or "DEADLINE_EXCEEDED" in dead.stderr
 
 
 def test_encode_images_writes_embeddings(
@@ -79,9 +87,7 @@ def test_unknown_command_lists_the_commands() -> None:
 
 
 def test_serve_starts_answers_and_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     process = subprocess.Popen(
         [*VIDLSTM, "serve", "--port", str(port), "--threads", "1"],
         stdout=subprocess.PIPE,
