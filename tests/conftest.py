@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from collections.abc import Coroutine, Iterator
+import time
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
+import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vidlstm.models import InferenceModel, PixelFormat, build_model, default_spec, prepare_frames
 from vidlstm.service import RunningServer, ServerSettings, create_server
@@ -52,6 +55,24 @@ def server(model: InferenceModel) -> Iterator[ServerThread]:
     running = ServerThread(ServerSettings(port=0, max_frames_per_call=512), model)
     yield running
     running.stop()
+
+
+def wait_until_serving(address: str, still_starting: Callable[[], bool], timeout: float = 120) -> None:
+    """Polls the health service until the Encoder is SERVING; fails as soon as `still_starting()` is
+    False (the process or container died) or after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            assert still_starting(), f"the server at {address} exited while starting"
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(service="vidlstm.v1.Encoder"), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.3)
+    raise AssertionError(f"the server at {address} was not SERVING after {timeout} s")
 
 
 def free_port() -> int:

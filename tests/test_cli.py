@@ -7,11 +7,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-from conftest import ServerThread, free_port, random_frames, reference_embeddings
+from conftest import ServerThread, free_port, random_frames, reference_embeddings, wait_until_serving
 from PIL import Image
 
 from vidlstm.clients import EncoderClient
@@ -89,23 +88,16 @@ def test_unknown_command_lists_the_commands() -> None:
 def test_serve_starts_answers_and_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
     process = subprocess.Popen(
-        [*VIDLSTM, "serve", "--port", str(port), "--threads", "1"],
+        [*VIDLSTM, "serve", "--port", str(port), "--threads", "1", "--metrics-port", str(free_port())],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
+        wait_until_serving(f"127.0.0.1:{port}", lambda: process.poll() is None)
         with EncoderClient(f"127.0.0.1:{port}", timeout=5) as client:
-            deadline = time.monotonic() + 90
-            while True:
-                try:
-                    info = client.info()
-                    break
-                except Exception:
-                    assert process.poll() is None, "server died at start"
-                    assert time.monotonic() < deadline, "server did not come up"
-                    time.sleep(0.3)
+            info = client.info()
             assert info.embedding_size == 256
             frame = np.asarray(Image.open(io.BytesIO(_png())).convert("L"))[None]
             assert client.encode(frame, pixel_format="GRAY").embeddings.shape == (1, 256)

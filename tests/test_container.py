@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
-from conftest import free_port, random_frames, reference_embeddings
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from conftest import free_port, random_frames, reference_embeddings, wait_until_serving
 
 from vidlstm.clients import EncoderClient
 from vidlstm.models import CoreSpec, InferenceModel, ModelSpec, build_model, save_checkpoint
@@ -35,22 +32,11 @@ class Container:
             "run", "-d", "--init", "--name", self.name, "-p", f"{self.address}:50051", *run_args, str(IMAGE)
         )
 
-    def wait_until_serving(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.address) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                assert self.state("{{.State.Running}}") == "true", f"container exited:\n{self.logs()}"
-                try:
-                    reply = health.Check(
-                        health_pb2.HealthCheckRequest(service="vidlstm.v1.Encoder"), timeout=2
-                    )
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.5)
-        raise AssertionError(f"not SERVING after {timeout} s:\n{self.logs()}")
+    def wait_until_serving(self) -> None:
+        try:
+            wait_until_serving(self.address, lambda: self.state("{{.State.Running}}") == "true")
+        except AssertionError as error:
+            raise AssertionError(f"{error}; container logs:\n{self.logs()}") from None
 
     def stop(self) -> int:
         """SIGTERM (what `docker stop` and Kubernetes send), then the exit code."""

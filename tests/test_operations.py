@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-from conftest import ServerThread, free_port, random_frames, reference_embeddings
+from conftest import ServerThread, free_port, random_frames, reference_embeddings, wait_until_serving
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -52,7 +52,7 @@ class ServeProcess:
         )
         self._reader.start()
         self.address = f"127.0.0.1:{self.port}"
-        self._wait_until_serving()
+        wait_until_serving(self.address, lambda: self.process.poll() is None)
 
     def client(self) -> EncoderClient:
         return EncoderClient(self.address, timeout=60, token=TOKEN)
@@ -79,23 +79,6 @@ class ServeProcess:
         self._reader.join(timeout=10)
         if self.process.stdout is not None:
             self.process.stdout.close()
-
-    def _wait_until_serving(self) -> None:
-        deadline = time.monotonic() + 90
-        with grpc.insecure_channel(self.address) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while True:
-                assert self.process.poll() is None, f"server died at start: {self.lines}"
-                try:
-                    status = health.Check(
-                        health_pb2.HealthCheckRequest(service="vidlstm.v1.Encoder"), timeout=2
-                    )
-                    if status.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                assert time.monotonic() < deadline, "server did not come up"
-                time.sleep(0.2)
 
 
 def new_calls_are_refused(address: str) -> bool:
