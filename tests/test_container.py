@@ -24,13 +24,13 @@ pytestmark = pytest.mark.skipif(IMAGE is None, reason="set VIDLSTM_IMAGE (make c
 class Container:
     """One detached container of the image, its gRPC port published on a free localhost port."""
 
-    def __init__(self, *run_args: str) -> None:
+    def __init__(self, *run_args: str, init: bool = True) -> None:
         self.name = f"vidlstm-test-{uuid.uuid4().hex[:8]}"
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
-        _engine(
-            "run", "-d", "--init", "--name", self.name, "-p", f"{self.address}:50051", *run_args, str(IMAGE)
-        )
+        init_args = ["--init"] if init else []
+        publish = ["-p", f"{self.address}:50051"]
+        _engine("run", "-d", *init_args, "--name", self.name, *publish, *run_args, str(IMAGE))
 
     def wait_until_serving(self) -> None:
         try:
@@ -94,7 +94,10 @@ def test_mounted_model_folder_is_served_by_setting_one_variable(
     folder.chmod(0o755)
     theirs = build_model(ModelSpec(name="mounted", core=CoreSpec(hidden_size=48), seed=3))
     save_checkpoint(theirs, folder / "agent.safetensors").chmod(0o644)
-    container = Container("-v", f"{folder}:/models:ro", "-e", "VIDLSTM_MODEL=/models/agent.safetensors")
+    # No --init: the server runs as PID 1 and must still stop cleanly on SIGTERM (it installs a handler).
+    container = Container(
+        "-v", f"{folder}:/models:ro", "-e", "VIDLSTM_MODEL=/models/agent.safetensors", init=False
+    )
     containers.append(container)
     container.wait_until_serving()
     frames = random_frames(rng, 4)
