@@ -193,6 +193,7 @@ def main() -> None:
             results[f"echo{streams}x{envs}"] = asyncio.run(echo(echo_port, streams, envs, duration))
 
     serve = [sys.executable, "-m", "vidlstm", "serve", "--log-level", "WARNING", *args.server_args.split()]
+    serve += ["--metrics-port", str(free_port())]  # metrics on, as deployed
     port = free_port()
     with process([*serve, "--port", str(port)], port):
         for streams, envs in ((1, 1), (16, 1), (64, 1), (1, 64)):
