@@ -91,6 +91,8 @@ def weights_hash(model: torch.nn.Module) -> str:
 
 
 def _resolve(path: Path, spec: ModelSpec | str | Path | None) -> tuple[Path, ModelSpec]:
+    if not path.exists():
+        raise CheckpointError(f"model {path} does not exist (a weights file or a checkpoint folder)")
     if path.is_dir():
         weights = next((path / n for n in WEIGHT_FILES if (path / n).is_file()), None)
         if weights is None:

@@ -54,5 +54,8 @@ def load_settings(argv: list[str]) -> ServerSettings:
 def serve_main(argv: list[str]) -> int:
     settings = load_settings(argv)
     configure_logging(settings.log_level, settings.log_format)
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except (OSError, ValueError) as error:  # a port in use; a missing, unreadable or unfitting model file
+        raise SystemExit(f"vidlstm serve: {error}") from None
     return 0

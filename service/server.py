@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -150,11 +151,13 @@ async def serve(settings: ServerSettings) -> None:
     model = load_inference_model(settings)
     model.warm_up()
     running = await create_server(settings, model)
-    stop_metrics = (
-        start_metrics_http(running.metrics, settings.host, settings.metrics_port)
-        if settings.metrics_port is not None
-        else lambda: None
-    )
+    try:
+        stop_metrics = _serve_metrics(running.metrics, settings)
+    except OSError as error:
+        await running.stop(0)
+        raise OSError(
+            f"could not serve metrics on {settings.host}:{settings.metrics_port}: {error}"
+        ) from None
     log.info(
         "serving model %r (%s, embedding %d, weights %s) on %s, listening on %s:%d",
         model.model.spec.name,
@@ -182,3 +185,10 @@ async def serve(settings: ServerSettings) -> None:
     await running.stop(settings.grace_period_s)
     stop_metrics()
     log.info("stopped")
+
+
+def _serve_metrics(metrics: Metrics, settings: ServerSettings) -> Callable[[], None]:
+    """Starts the /metrics endpoint unless it is switched off; returns what stops it."""
+    if settings.metrics_port is None:
+        return lambda: None
+    return start_metrics_http(metrics, settings.host, settings.metrics_port)

@@ -3,6 +3,7 @@ validated, with secrets kept out of what gets printed."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -55,22 +56,26 @@ def test_tokens_come_from_env_and_file_and_are_never_printed(
         ({}, ["--decoder", "ffmpeg"], "decoder: Input should be 'pyav' or 'opencv' (got 'ffmpeg')"),
         ({"VIDLSTM_LOG_FORMAT": "xml"}, [], "log_format: Input should be 'text' or 'json'"),
         ({}, ["--config", "/nonexistent/vidlstm.yaml"], "No such file or directory"),
+        ({}, ["--port", "0", "--model", "/nonexistent/agent.safetensors"], "model /nonexistent/agent.sa"),
     ],
 )
 def test_bad_settings_stop_the_server_with_a_clear_message(
     env: dict[str, str], argv: list[str], expected: str
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "vidlstm", "serve", *argv],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"PATH": "/usr/bin:/bin", **env},
-        check=False,
-    )
+    result = _serve(*argv, env=env)
     assert result.returncode == 1
     assert "vidlstm serve:" in result.stderr
     assert expected in result.stderr
+
+
+def test_a_metrics_port_in_use_stops_the_server_with_a_clear_message() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = _serve("--port", "0", "--metrics-port", str(port))
+    assert result.returncode == 1
+    assert f"vidlstm serve: could not serve metrics on 127.0.0.1:{port}" in result.stderr
 
 
 def test_unknown_setting_in_a_config_file_is_refused(tmp_path: Path) -> None:
@@ -84,3 +89,15 @@ def _serve_help() -> str:
     return subprocess.run(
         [sys.executable, "-m", "vidlstm", "serve", "--help"], capture_output=True, text=True, check=True
     ).stdout
+
+
+def _serve(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`vidlstm serve` in a clean environment (no VIDLSTM_* from the caller's)."""
+    return subprocess.run(
+        [sys.executable, "-m", "vidlstm", "serve", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
+        check=False,
+    )
