@@ -39,6 +39,10 @@ class _SessionBase:
         self._pending_states = dict(config.initial_states)
         self._closed = False
 
+    def set_state(self, state: RecurrentState, env_id: int = 0) -> None:
+        """Installs `state` for the env before its next step."""
+        self._pending_states[env_id] = state
+
     def _step_request(
         self, frames: np.ndarray | None, episode_start: Starts, returns: Sequence[int]
     ) -> pb.StreamRequest:
@@ -82,10 +86,6 @@ class Session(_SessionBase):
     def get_state(self, env_id: int = 0) -> RecurrentState:
         """The env's state after its last step, to continue the episode in another stream."""
         return self._exchange(self._step_request(None, None, [env_id])).states[env_id]
-
-    def set_state(self, state: RecurrentState, env_id: int = 0) -> None:
-        """Installs `state` for the env before its next step."""
-        self._pending_states[env_id] = state
 
     def _exchange(self, request: pb.StreamRequest) -> StepReply:
         self._requests.put(request)
@@ -132,9 +132,6 @@ class AsyncSession(_SessionBase):
 
     async def get_state(self, env_id: int = 0) -> RecurrentState:
         return (await self._exchange(self._step_request(None, None, [env_id]))).states[env_id]
-
-    def set_state(self, state: RecurrentState, env_id: int = 0) -> None:
-        self._pending_states[env_id] = state
 
     async def _exchange(self, request: pb.StreamRequest) -> StepReply:
         try:
