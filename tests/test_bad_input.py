@@ -4,6 +4,7 @@ keeps serving others afterwards."""
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import grpc
 import numpy as np
@@ -45,7 +46,8 @@ def _state(**overrides: object) -> pb.EncodeRequest:
     return request
 
 
-BAD_REQUESTS = {
+# case -> (request, or a function of the server's weights hash giving it; what the message must say)
+BAD_REQUESTS: dict[str, tuple[pb.EncodeRequest | Callable[[str], pb.EncodeRequest], str]] = {
     "byte count not matching shape": (_raw([2, 84, 84, 1], bytes(100)), "has 100 bytes, shape"),
     "unknown pixel format": (_raw([1, 8, 8, 1], bytes(64), pixel_format=9), "unknown pixel_format 9"),
     "channels not matching format": (_raw([1, 8, 8, 1], bytes(64), pb.RGB), "RGB frames have 3 channel"),
@@ -55,9 +57,19 @@ BAD_REQUESTS = {
     "rank wrong": (_raw([84, 84], bytes(84 * 84)), "must be [N, H, W, C]"),
     "no frames at all": (pb.EncodeRequest(sequences=[pb.Sequence()]), "set Frames.raw or Frames.encoded"),
     "no sequences": (pb.EncodeRequest(), "no sequences"),
-    "corrupt jpeg": (_encoded([b"\xff\xd8\xff\xe0garbage"]), "corrupt or unreadable image"),
-    "truncated jpeg": (_encoded([_jpeg()[:200]]), "corrupt or unreadable image"),
-    "not an image": (_encoded([b"GIF89a" + bytes(40)]), "image"),
+    "corrupt jpeg": (
+        _encoded([b"\xff\xd8\xff\xe0garbage"]),
+        "EncodedFrames.images[0]: truncated or corrupt image (11 bytes)",
+    ),
+    "truncated jpeg": (
+        _encoded([_jpeg(), _jpeg()[:200]]),
+        "EncodedFrames.images[1]: truncated or corrupt image (200 bytes)",
+    ),
+    "not an image": (
+        _encoded([b"GIF89a" + bytes(40)]),
+        "EncodedFrames.images[0]: corrupt or unreadable image (46 bytes starting b'GIF89a\\x00\\x00'): "
+        "not a JPEG or PNG file, or one cut short inside its header",
+    ),
     "episode_start length": (
         pb.EncodeRequest(
             sequences=[
@@ -69,8 +81,10 @@ BAD_REQUESTS = {
         "episode_start has 1 values for 2 frames",
     ),
     "state of wrong shape": (
-        _state(weights_hash="", tensors={"h": tensor_to_proto(np.zeros((2, 256), np.float32))}),
-        "FAILED",  # no hash: refused as foreign before shapes are looked at
+        lambda weights_hash: _state(
+            weights_hash=weights_hash, tensors={"h": tensor_to_proto(np.zeros((2, 256), np.float32))}
+        ),
+        "state tensor 'h' must be float32 [1, 256], got float32 [2, 256]",
     ),
     "bad embedding dtype": (
         pb.EncodeRequest(sequences=_raw([1, 84, 84, 1], bytes(84 * 84)).sequences, embedding_dtype=pb.UINT8),
@@ -85,19 +99,23 @@ def stub(server: ServerThread):
         yield pb_grpc.EncoderStub(channel)
 
 
+@pytest.fixture(scope="module")
+def weights_hash(stub) -> str:
+    """The served model's hash, so that state cases are refused for their shape, not as foreign."""
+    return str(stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10).weights_hash)
+
+
+def _request(case: str, weights_hash: str) -> pb.EncodeRequest:
+    request = BAD_REQUESTS[case][0]
+    return request(weights_hash) if callable(request) else request
+
+
 @pytest.mark.parametrize("case", list(BAD_REQUESTS))
-def test_bad_request_gets_invalid_argument(stub, case: str) -> None:
-    request, message = BAD_REQUESTS[case]
+def test_bad_request_gets_invalid_argument(stub, weights_hash: str, case: str) -> None:
     with pytest.raises(grpc.RpcError) as raised:
-        stub.Encode(request, timeout=10)
-    code = raised.value.code()
-    assert code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION), (
-        raised.value.details()
-    )
-    if message == "FAILED":
-        assert code == grpc.StatusCode.FAILED_PRECONDITION
-    else:
-        assert message in raised.value.details()
+        stub.Encode(_request(case, weights_hash), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()
+    assert BAD_REQUESTS[case][1] in raised.value.details()
 
 
 def test_state_from_another_model_is_refused(server: ServerThread, stub) -> None:
@@ -106,16 +124,6 @@ def test_state_from_another_model_is_refused(server: ServerThread, stub) -> None
         stub.Encode(request, timeout=10)
     assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "state comes from model 000000000000" in raised.value.details()
-
-
-def test_state_of_wrong_shape_is_refused(server: ServerThread, stub, model) -> None:
-    request = _state(
-        weights_hash=model.weights_hash, tensors={"h": tensor_to_proto(np.zeros((2, 256), np.float32))}
-    )
-    with pytest.raises(grpc.RpcError) as raised:
-        stub.Encode(request, timeout=10)
-    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "state tensor 'h' must be float32 [1, 256], got float32 [2, 256]" in raised.value.details()
 
 
 def test_decompression_bomb_is_refused_before_decoding(stub) -> None:
@@ -137,10 +145,12 @@ def test_oversize_message_is_resource_exhausted(server: ServerThread) -> None:
     assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-def test_server_keeps_serving_after_bad_requests(server: ServerThread, stub, model, rng) -> None:
-    for request, _ in BAD_REQUESTS.values():
+def test_server_keeps_serving_after_bad_requests(
+    server: ServerThread, stub, weights_hash: str, model, rng
+) -> None:
+    for case in BAD_REQUESTS:
         with pytest.raises(grpc.RpcError):
-            stub.Encode(request, timeout=10)
+            stub.Encode(_request(case, weights_hash), timeout=10)
     frames = random_frames(rng, 4)
     with EncoderClient(server.address) as client:
         result = client.encode(frames, pixel_format="GRAY")
