@@ -36,12 +36,13 @@ class LSTMCore(nn.Module):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """features [T, B, F], state (h, c) each [L, B, H], episode_start [T, B] bool
         -> outputs [T, B, H], final state (h, c)."""
-        keep = (~episode_start).to(features.dtype)
         outputs = []
         h, c = state
         for start, end in _segments(episode_start):
-            h = h * keep[start].view(1, -1, 1)
-            c = c * keep[start].view(1, -1, 1)
+            # Set, not multiplied: a reset must clear any state, NaN included (0 * NaN is NaN).
+            reset = episode_start[start].view(1, -1, 1)
+            h = torch.where(reset, 0.0, h)
+            c = torch.where(reset, 0.0, c)
             if end - start == 1:
                 out, (h, c) = self._step(features[start], (h, c))
             else:

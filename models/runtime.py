@@ -52,9 +52,10 @@ class InferenceModel:
         return self.model.initial_state(batch_size, self.device)
 
     def warm_up(self, batch_size: int = 8) -> None:
-        """One throwaway call, so the first request does not pay for lazy kernel and allocator setup."""
+        """One throwaway call, so the first request does not pay for lazy kernel and allocator setup.
+        Frames as a client's arrive, unstacked: the model stacks them itself."""
         spec = self.model.spec.input
-        shape = (1, batch_size, spec.stacked_channels, spec.height, spec.width)
+        shape = (1, batch_size, spec.channels, spec.height, spec.width)
         self.encode(np.zeros(shape, np.uint8))
 
     @torch.inference_mode()

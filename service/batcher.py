@@ -25,9 +25,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Pending:
-    job: Job
-    result: asyncio.Future[JobResult]
+    """One request's jobs: admitted, batched and answered together."""
+
+    jobs: list[Job]
+    result: asyncio.Future[list[JobResult]]
     queued_at: float
+
+    @property
+    def frame_count(self) -> int:
+        return sum(job.frame_count for job in self.jobs)
 
 
 @dataclass
@@ -72,11 +78,22 @@ class Batcher:
         self._executor.shutdown(wait=True)
 
     async def submit(self, job: Job) -> JobResult:
-        """Queues a job and waits for its result; refuses work when the queue is full."""
+        """Queues one job and waits for its result (see `submit_request`)."""
+        return (await self.submit_request([job]))[0]
+
+    async def submit_request(self, jobs: list[Job]) -> list[JobResult]:
+        """Queues one request's jobs and waits for their results.
+
+        The queue limit counts requests, not jobs: a request is admitted whole or refused whole
+        (nothing queued), so a request that fits an idle server is always accepted.
+        """
         if self._queue.qsize() >= self.max_queued_jobs:
-            raise ResourceExhausted(f"server busy: {self._queue.qsize()} requests queued; retry with backoff")
-        future: asyncio.Future[JobResult] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(job, future, time.perf_counter()))
+            raise ResourceExhausted(
+                f"server busy: {self._queue.qsize()} requests queued (limit {self.max_queued_jobs}); "
+                "retry with backoff"
+            )
+        future: asyncio.Future[list[JobResult]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(jobs, future, time.perf_counter()))
         return await future
 
     async def _loop(self) -> None:
@@ -86,7 +103,7 @@ class Batcher:
             self.engine.pool.recycle_released()
             if not batch:
                 continue
-            jobs = [pending.job for pending in batch]
+            jobs = [job for pending in batch for job in pending.jobs]
             started = time.perf_counter()
             try:
                 results = await loop.run_in_executor(self._executor, self.engine.run, jobs)
@@ -102,26 +119,31 @@ class Batcher:
             self.metrics.observe_batch(
                 frames, [started - p.queued_at for p in batch], time.perf_counter() - started
             )
-            for pending, result in zip(batch, results, strict=True):
+            offset = 0
+            for pending in batch:
                 if not pending.result.done():
-                    pending.result.set_result(result)
+                    pending.result.set_result(results[offset : offset + len(pending.jobs)])
+                offset += len(pending.jobs)
 
     async def _collect(self) -> list[_Pending]:
         batch: list[_Pending] = []
         size = 0
-        first = self._carry or await self._queue.get()
+        first = self._carry
+        if first is None:
+            with self.engine.pool.idle():
+                first = await self._queue.get()
         self._carry = None
         deadline = asyncio.get_running_loop().time() + self.max_queue_delay
         item: _Pending | None = first
         while item is not None:
             if item.result.cancelled():
                 self.stats.dropped_cancelled += 1
-            elif batch and size + item.job.frame_count > self.max_batch_size:
+            elif batch and size + item.frame_count > self.max_batch_size:
                 self._carry = item
                 break
             else:
                 batch.append(item)
-                size += item.job.frame_count
+                size += item.frame_count
             if size >= self.max_batch_size:
                 break
             item = await self._next(deadline)

@@ -86,10 +86,18 @@ def _raw_frames(raw: pb.RawFrames, spec: InputSpec, limits: FrameLimits) -> np.n
 def _encoded_frames(encoded: pb.EncodedFrames, spec: InputSpec, limits: FrameLimits) -> np.ndarray:
     _check_count(len(encoded.images), limits)
     prepared = [
-        prepare_frames(decode_image(data, limits.max_image_pixels)[None], PixelFormat.RGB, spec)
-        for data in encoded.images
+        prepare_frames(_decoded(index, data, limits)[None], PixelFormat.RGB, spec)
+        for index, data in enumerate(encoded.images)
     ]
     return np.concatenate(prepared)
+
+
+def _decoded(index: int, data: bytes, limits: FrameLimits) -> np.ndarray:
+    """One image -> uint8 [H, W, 3] RGB; the error names which of the message's images is bad."""
+    try:
+        return decode_image(data, max_side=limits.max_side, max_pixels=limits.max_image_pixels)
+    except FrameError as error:
+        raise FrameError(f"EncodedFrames.images[{index}]: {error}") from None
 
 
 def _check_count(count: int, limits: FrameLimits) -> None:
@@ -147,5 +155,11 @@ def state_from_proto(
             )
         if len(tensor.data) != want.itemsize * math.prod(spec.shape):
             raise InvalidArgument(f"state tensor {spec.name!r} has {len(tensor.data)} bytes for its shape")
-        arrays[spec.name] = np.frombuffer(tensor.data, dtype=want).reshape(spec.shape)
+        array = np.frombuffer(tensor.data, dtype=want).reshape(spec.shape)
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise InvalidArgument(
+                f"state tensor {spec.name!r} holds NaN or infinite values; send the state the server "
+                "returned, or leave it unset for zero state"
+            )
+        arrays[spec.name] = array
     return arrays

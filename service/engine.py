@@ -54,6 +54,9 @@ class BatchEngine:
         for job in jobs:
             if job.install_slots:
                 self.pool.scatter(self._index(job.install_slots), self._to_device(job.install_state))
+                self.pool.installed(job.install_slots)
+        for job in jobs:
+            self.pool.check_installed(job.slots + job.read_slots)
         embeddings = self._compute([j for j in jobs if j.frames is not None])
         return [
             JobResult(embeddings.get(id(job)), self._read(job.read_slots) if job.read_slots else None)

@@ -3,10 +3,15 @@
 Each state tensor is [.., capacity, ..] (slot = dimension 1, as in the model's state), so one
 `index_select` gathers a batch's state and one `index_copy_` scatters it back: no per-step host
 copies. Slots are handed out on the event loop; a released slot only becomes free again at the
-next batch boundary, so it can never be reused inside a batch that still holds its old owner.
+next batch boundary (or at once while the batcher is idle, with nothing queued or running), so it
+can never be reused inside a batch that still holds its old owner. A slot handed out holds whatever
+its last owner left until its new owner's first job installs state: reading it before then raises.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 
@@ -28,6 +33,8 @@ class StatePool:
         }
         self._free = list(range(capacity - 1, -1, -1))
         self._released: list[int] = []
+        self._uninstalled: set[int] = set()
+        self._idle = False
 
     @property
     def live(self) -> int:
@@ -40,15 +47,41 @@ class StatePool:
                 f"the server holds state for {self.live} envs and has room for {len(self._free)} more; "
                 f"release envs or raise --state-capacity (now {self.capacity})"
             )
-        return [self._free.pop() for _ in range(count)]
+        slots = [self._free.pop() for _ in range(count)]
+        self._uninstalled.update(slots)
+        return slots
 
     def release(self, slots: list[int]) -> None:
-        self._released.extend(slots)
+        if self._idle:
+            self._free.extend(slots)
+        else:
+            self._released.extend(slots)
 
     def recycle_released(self) -> None:
         """Called between batches: released slots become allocatable again."""
         self._free.extend(self._released)
         self._released.clear()
+
+    @contextlib.contextmanager
+    def idle(self) -> Iterator[None]:
+        """While the batcher waits with nothing queued or running, no job holds a slot, so released
+        slots are free at once (an idle server never refuses for slots it does not use)."""
+        self.recycle_released()
+        self._idle = True
+        try:
+            yield
+        finally:
+            self._idle = False
+
+    def installed(self, slots: list[int]) -> None:
+        """Marks slots whose new owner's state has just been written."""
+        self._uninstalled.difference_update(slots)
+
+    def check_installed(self, slots: list[int]) -> None:
+        """Refuses to read slots whose state was never installed: that is a previous owner's state."""
+        stale = self._uninstalled.intersection(slots)
+        if stale:
+            raise RuntimeError(f"slots {sorted(stale)} read before their state was installed")
 
     def gather(self, slots: torch.Tensor) -> State:
         return {name: tensor.index_select(1, slots) for name, tensor in self.tensors.items()}

@@ -33,7 +33,7 @@ from .convert import (
     state_from_proto,
     state_to_proto,
 )
-from .engine import Job
+from .engine import Job, JobResult
 from .errors import InvalidArgument, ServiceError
 from .model_info import model_info
 from .streams import StreamRegistry, StreamState
@@ -137,13 +137,7 @@ class EncoderServicer(pb_grpc.EncoderServicer):
             for job, slot in zip(jobs, slots, strict=True):
                 job.slots = job.install_slots = [slot]
                 job.read_slots = [slot] if request.return_state else []
-            # A TaskGroup cancels the other jobs if one fails, so none is left queued to write into
-            # a slot released below (cancelled jobs are dropped before the model).
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self.batcher.submit(job)) for job in jobs]
-            results = [task.result() for task in tasks]
-        except* ServiceError as errors:
-            raise errors.exceptions[0] from None
+            results = await self.batcher.submit_request(jobs)
         finally:
             self.streams.pool.release(slots)
         response = pb.EncodeResponse()
@@ -165,12 +159,11 @@ class EncoderServicer(pb_grpc.EncoderServicer):
             with contextlib.suppress(TimeoutError, StopAsyncIteration):
                 await asyncio.wait_for(anext(request_iterator), 1.0)
             await context.abort(error.code, str(error))
-        loop = asyncio.get_running_loop()
         try:
             async for request in request_iterator:
-                stream.last_active = loop.time()
-                yield await self._stream_step(stream, request)
-                stream.last_active = loop.time()
+                with self.streams.busy(stream):
+                    response = await self._stream_step(stream, request)
+                yield response
         except asyncio.CancelledError:
             if not stream.expired:
                 raise  # the client went away or the server is stopping
@@ -201,8 +194,8 @@ class EncoderServicer(pb_grpc.EncoderServicer):
     async def _stream_step(self, stream: StreamState, request: pb.StreamRequest) -> pb.StreamResponse:
         response = pb.StreamResponse(request_id=request.request_id)
         try:
-            job = await self._stream_job(stream, request)
-            result = await self.batcher.submit(job)
+            job, new_envs = await self._stream_job(stream, request)
+            result = await self._submit_step(stream, job, new_envs)
         except ServiceError as error:
             response.error.code = error.code.value[0]
             response.error.message = str(error)
@@ -217,8 +210,18 @@ class EncoderServicer(pb_grpc.EncoderServicer):
                 response.states[env_id].CopyFrom(self._state_proto(result.states, column))
         return response
 
-    async def _stream_job(self, stream: StreamState, request: pb.StreamRequest) -> Job:
-        """Checks a stream request completely, then binds its envs: a refused request changes nothing."""
+    async def _submit_step(self, stream: StreamState, job: Job, new_envs: list[int]) -> JobResult:
+        """Runs a stream step; if it never reaches the model, envs it bound are unbound again, so a
+        refused step leaves no env holding a slot whose state was never installed."""
+        try:
+            return await self.batcher.submit(job)
+        except BaseException:
+            self.streams.release(stream, new_envs)
+            raise
+
+    async def _stream_job(self, stream: StreamState, request: pb.StreamRequest) -> tuple[Job, list[int]]:
+        """Checks a stream request completely, then binds its envs: a refused request changes nothing.
+        Returns the job and the envs it bound anew (their zero state is installed by the job)."""
         env_ids = list(request.env_ids)
         embedding_dtype(request.embedding_dtype)
         frames = None
@@ -240,10 +243,11 @@ class EncoderServicer(pb_grpc.EncoderServicer):
             raise InvalidArgument(f"return_state_env_ids {missing} name envs this stream has not stepped")
         if len(set(request.return_state_env_ids)) != len(request.return_state_env_ids):
             raise InvalidArgument("return_state_env_ids must be unique")
-        for env in self.streams.bind(stream, env_ids + list(installs)):
+        new_envs = self.streams.bind(stream, env_ids + list(installs))
+        for env in new_envs:
             installs.setdefault(env, self._state_or_zeros(None))
         install_ids = list(installs)
-        return Job(
+        job = Job(
             None if frames is None else frames[None],
             self.streams.slots_of(stream, env_ids),
             starts[None],
@@ -251,6 +255,7 @@ class EncoderServicer(pb_grpc.EncoderServicer):
             install_state=_batch_of([installs[e] for e in install_ids]),
             read_slots=self.streams.slots_of(stream, list(request.return_state_env_ids)),
         )
+        return job, new_envs
 
     async def _prepare(self, frames: pb.Frames) -> np.ndarray:
         """Frames -> model input; decoding and resizing go to worker threads off the event loop."""

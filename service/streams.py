@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,12 +17,14 @@ __all__ = ["StreamRegistry", "StreamState"]
 
 @dataclass(eq=False)
 class StreamState:
-    """The envs of one open stream (env index -> pool slot) and when it last sent something."""
+    """The envs of one open stream (env index -> pool slot), and since when it has been idle:
+    waiting for its client's next message, with no request of its own in flight."""
 
     task: asyncio.Task[Any] | None
     last_active: float
     client: str
     slots: dict[int, int] = field(default_factory=dict)
+    in_flight: bool = False
     expired: bool = False
 
 
@@ -69,9 +73,20 @@ class StreamRegistry:
         """Cancels the handlers of streams that sent nothing for `idle_timeout` seconds."""
         deadline = asyncio.get_running_loop().time() - idle_timeout
         for stream in self._streams:
-            if stream.last_active < deadline and not stream.expired and stream.task is not None:
+            idle = not stream.in_flight and stream.last_active < deadline
+            if idle and not stream.expired and stream.task is not None:
                 stream.expired = True
                 stream.task.cancel()
+
+    @contextlib.contextmanager
+    def busy(self, stream: StreamState) -> Iterator[None]:
+        """Marks a request of `stream` in flight: time spent waiting for the model is not idle time."""
+        stream.in_flight = True
+        try:
+            yield
+        finally:
+            stream.in_flight = False
+            stream.last_active = asyncio.get_running_loop().time()
 
     def bind(self, stream: StreamState, env_ids: list[int]) -> list[int]:
         """Slots of `env_ids`, allocating for envs this stream has not seen; returns the new ids."""
