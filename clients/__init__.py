@@ -1,6 +1,6 @@
 """vidlstm.clients: light clients for the Encoder service (grpcio, protobuf, numpy; no torch)."""
 
-from .channel import Tls
+from .channel import RetryPolicy, Tls
 from .client import AsyncEncoderClient, EncoderClient
 from .errors import (
     DeadlineExceededError,
@@ -30,6 +30,7 @@ __all__ = [
     "ModelMismatchError",
     "PermissionDeniedError",
     "RecurrentState",
+    "RetryPolicy",
     "SequenceInput",
     "ServerBusyError",
     "ServerError",

@@ -1,4 +1,5 @@
-"""Client commands: `vidlstm info` and `vidlstm encode-images` (grpcio + numpy only)."""
+"""Client commands: `vidlstm info`, `vidlstm health` and `vidlstm encode-images` (the light client's
+dependencies only: grpcio, grpcio-health-checking, protobuf, numpy)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import json
 import os
 from pathlib import Path
 
+import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .channel import Tls
 from .client import EncoderClient
@@ -78,9 +81,6 @@ def health_main(argv: list[str]) -> int:
     parser.set_defaults(timeout=5.0)
     parser.add_argument("--service", default="vidlstm.v1.Encoder", help="service to ask about ('' = server)")
     args = parser.parse_args(argv)
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc  # in vidlstm[server] and the image
-
     with client_from_args(args) as client:
         try:
             reply = health_pb2_grpc.HealthStub(client.channel).Check(

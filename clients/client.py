@@ -7,7 +7,7 @@ with EncoderClient("localhost:50051") as client:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
@@ -17,7 +17,16 @@ import grpc
 from vidlstm.v1 import encoder_pb2 as pb
 from vidlstm.v1 import encoder_pb2_grpc as pb_grpc
 
-from .channel import DEFAULT_MAX_MESSAGE_BYTES, Tls, call_metadata, open_channel
+from .channel import (
+    DEFAULT_KEEPALIVE_S,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_RETRY,
+    RetryPolicy,
+    Tls,
+    call_metadata,
+    channel_options,
+    open_channel,
+)
 from .errors import from_rpc_error
 from .requests import (
     DTYPES,
@@ -43,6 +52,9 @@ class _ClientBase:
     `tls` secures the channel; `token` is sent as `authorization: Bearer <token>` with every call.
     `lb_policy="round_robin"` spreads unary calls over every address `target` resolves to (a Kubernetes
     headless Service); each stream stays on one server. The default, pick_first, keeps one connection.
+    `retry`: how gRPC retries a refused `info`/`encode` call (UNAVAILABLE, RESOURCE_EXHAUSTED) within
+    `timeout`; streams and videos are never retried; None: no retries. `keepalive_s`: seconds between
+    keepalive pings, so idle streams survive load balancers (None: no pings).
     """
 
     _asyncio = False
@@ -57,8 +69,11 @@ class _ClientBase:
         tls: Tls | None = None,
         token: str | None = None,
         lb_policy: Literal["pick_first", "round_robin"] = "pick_first",
+        retry: RetryPolicy | None = DEFAULT_RETRY,
+        keepalive_s: float | None = DEFAULT_KEEPALIVE_S,
     ) -> None:
-        self.channel = open_channel(target, tls, max_message_bytes, lb_policy, asyncio=self._asyncio)
+        options = channel_options(max_message_bytes, lb_policy, retry, keepalive_s)
+        self.channel = open_channel(target, tls, options, asyncio=self._asyncio)
         self.stub = pb_grpc.EncoderStub(self.channel)
         self.metadata = call_metadata(token)
         self.timeout = timeout
@@ -72,6 +87,18 @@ class _ClientBase:
         initial_states: dict[int, RecurrentState] | None,
     ) -> SessionConfig:
         return SessionConfig(num_envs, pixel_format, dtype, dict(initial_states or {}))
+
+    @staticmethod
+    def _video_requests(
+        source: Path | str,
+        selection: FrameSelection | None,
+        server_path: bool,
+        return_state: bool,
+        dtype: EmbeddingDType,
+    ) -> Iterator[pb.VideoRequest]:
+        options = (selection or FrameSelection()).to_proto()
+        options.return_state, options.embedding_dtype = return_state, DTYPES[dtype]
+        return video_requests(source, options, server_path=server_path)
 
 
 class EncoderClient(_ClientBase):
@@ -125,9 +152,7 @@ class EncoderClient(_ClientBase):
     ) -> Iterator[VideoPart]:
         """Embeds a video file, uploaded in chunks (or, with `server_path`, a path under the server's
         --video-root); yields parts as the server computes them, the last with the summary."""
-        options = (selection or FrameSelection()).to_proto()
-        options.return_state, options.embedding_dtype = return_state, DTYPES[dtype]
-        requests = video_requests(source, options, server_path=server_path)
+        requests = self._video_requests(source, selection, server_path, return_state, dtype)
         try:
             for response in self.stub.EncodeVideo(
                 requests, timeout=self.video_timeout, metadata=self.metadata
@@ -199,6 +224,25 @@ class AsyncEncoderClient(_ClientBase):
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         return encode_results(response)
+
+    async def encode_video(
+        self,
+        source: Path | str,
+        selection: FrameSelection | None = None,
+        *,
+        server_path: bool = False,
+        return_state: bool = False,
+        dtype: EmbeddingDType = "float32",
+    ) -> AsyncIterator[VideoPart]:
+        """Embeds a video file (see `EncoderClient.encode_video`): `async for part in ...`."""
+        requests = self._video_requests(source, selection, server_path, return_state, dtype)
+        try:
+            async for response in self.stub.EncodeVideo(
+                requests, timeout=self.video_timeout, metadata=self.metadata
+            ):
+                yield VideoPart.from_proto(response)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
 
     def session(
         self,

@@ -32,6 +32,7 @@ from vidlstm.v1 import encoder_pb2_grpc as pb_grpc
 from .auth import BearerTokenInterceptor
 from .batcher import Batcher
 from .convert import FrameLimits
+from .drain import DrainGate
 from .engine import BatchEngine
 from .metrics import Metrics, MetricsInterceptor, start_metrics_http
 from .pool import StatePool
@@ -55,11 +56,15 @@ class RunningServer:
     batcher: Batcher
     health: HealthServicer
     metrics: Metrics
+    drain: DrainGate
 
     async def stop(self, grace: float | None) -> None:
-        """Health goes NOT_SERVING, new calls are refused, running ones get `grace` seconds."""
+        """Drains, then closes the port: health says NOT_SERVING and new calls get UNAVAILABLE while
+        the calls in flight and open streams go on, for up to `grace` seconds (None: no wait)."""
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        self.drain.close()
+        await self.drain.wait_idle(grace or 0)
+        await self.server.stop(0)
         await self.batcher.stop()
         self.servicer.close()
 
@@ -110,16 +115,20 @@ async def create_server(settings: ServerSettings, model: InferenceModel) -> Runn
         default_deadline=settings.default_deadline_s,
     )
     credentials = server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
-    # Metrics outermost, so calls the token check refuses are counted too.
+    # Metrics outermost, so calls the token check or the drain gate refuses are counted too; the
+    # gate innermost, so it wraps the servicers' own handlers.
+    drain = DrainGate()
     interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(metrics)]
     if settings.auth_tokens:
         interceptors.append(BearerTokenInterceptor(settings.auth_tokens))
+    interceptors.append(drain)
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 0),
+            *_keepalive_enforcement(settings),
         ],
     )
     pb_grpc.add_EncoderServicer_to_server(servicer, server)
@@ -138,7 +147,19 @@ async def create_server(settings: ServerSettings, model: InferenceModel) -> Runn
     await server.start()
     for service in ("", SERVICE_NAME):
         await health.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, servicer, batcher, health, metrics)
+    return RunningServer(server, port, servicer, batcher, health, metrics, drain)
+
+
+def _keepalive_enforcement(settings: ServerSettings) -> list[tuple[str, int]]:
+    """How often clients may ping; pinging faster gets the connection closed (GOAWAY too_many_pings)."""
+    return [
+        # The C name is GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS; the string has no "recv".
+        (
+            "grpc.http2.min_ping_interval_without_data_ms",
+            round(settings.keepalive_min_ping_interval_s * 1000),
+        ),
+        ("grpc.keepalive_permit_without_calls", int(settings.keepalive_permit_without_calls)),
+    ]
 
 
 async def serve(settings: ServerSettings) -> None:

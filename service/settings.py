@@ -84,6 +84,14 @@ class ServerSettings(BaseSettings):
     # Never printed (repr=False); from the environment, comma-separated, or from auth_tokens_file.
     auth_tokens: Annotated[tuple[str, ...], NoDecode] = Field((), repr=False, validate_default=True)
     grace_period_s: float = Field(10.0, ge=0, description="on SIGTERM, how long running calls may finish")
+    # Must stay below the clients' keepalive_s (30 s by default): pings closer than this on a
+    # connection that sends nothing count as abuse, and the third closes it (GOAWAY too_many_pings).
+    keepalive_min_ping_interval_s: PositiveSeconds = Field(
+        10.0, description="shortest interval between client keepalive pings the server accepts"
+    )
+    keepalive_permit_without_calls: bool = Field(
+        True, description="accept keepalive pings on connections with no call open"
+    )
     metrics_port: int | None = Field(
         9090, ge=0, le=65535, description="Prometheus /metrics HTTP port on --host (unset: none)"
     )

@@ -27,6 +27,7 @@ from vidlstm.service import ServerSettings
 
 VIDLSTM = [sys.executable, "-m", "vidlstm"]
 TOKEN = "operations-test-token"
+DRAINING = "server is shutting down; retry on another replica"
 
 
 class ServeProcess:
@@ -81,16 +82,20 @@ class ServeProcess:
             self.process.stdout.close()
 
 
-def new_calls_are_refused(address: str) -> bool:
-    """Whether a fresh call soon gets UNAVAILABLE (the server answers until it handles SIGTERM)."""
-    with EncoderClient(address, timeout=10, token=TOKEN) as client:
-        for _ in range(100):
-            try:
-                client.info()
-            except ServerUnavailableError:
-                return True
-            time.sleep(0.05)
-    return False
+def health_status(address: str) -> int:
+    """One health Check over a new connection, as a load balancer's probe makes it."""
+    with grpc.insecure_channel(address) as channel:
+        request = health_pb2.HealthCheckRequest(service="vidlstm.v1.Encoder")
+        return int(health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status)
+
+
+def wait_until_draining(address: str, timeout: float = 30) -> None:
+    """Waits until health says NOT_SERVING (SERVING until the server handles SIGTERM); a Check that
+    fails instead (the port closed at once) raises its RpcError."""
+    deadline = time.monotonic() + timeout
+    while health_status(address) == health_pb2.HealthCheckResponse.SERVING:
+        assert time.monotonic() < deadline, f"health still SERVING {timeout} s after SIGTERM"
+        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -136,16 +141,12 @@ def test_metrics_count_calls_by_code_batches_and_live_streams(serve_process: Ser
 def test_sigterm_drains_accepted_calls_and_open_streams(
     serve_process: ServeProcess, model: InferenceModel, rng
 ) -> None:
-    """Calls in flight and a stream open at SIGTERM all get their right answers; new calls are
-    refused; health goes NOT_SERVING first; the process exits 0; every log line is JSON."""
+    """After SIGTERM, while calls are in flight and a stream is open: health answers NOT_SERVING (the
+    port stays open for probes), a new call gets UNAVAILABLE at once, the open stream and the calls
+    get their right answers; then the process exits 0; every log line is JSON."""
     stream_frames = random_frames(rng, 8)
     call_frames = [random_frames(rng, 128) for _ in range(6)]
     with serve_process.client() as client, ThreadPoolExecutor(6) as pool:
-        health_channel = grpc.insecure_channel(serve_process.address)
-        watch = health_pb2_grpc.HealthStub(health_channel).Watch(
-            health_pb2.HealthCheckRequest(service="vidlstm.v1.Encoder")
-        )
-        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
         session = client.session(pixel_format="GRAY")
         streamed = [session.step(frame) for frame in stream_frames[:3]]
         calls = [pool.submit(client.encode, frames, pixel_format="GRAY") for frames in call_frames]
@@ -155,11 +156,16 @@ def test_sigterm_drains_accepted_calls_and_open_streams(
             time.sleep(0.01)
 
         serve_process.process.send_signal(signal.SIGTERM)
-        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
-        watch.cancel()
-        health_channel.close()
-        assert new_calls_are_refused(serve_process.address)
+        wait_until_draining(serve_process.address)
+        with EncoderClient(serve_process.address, token=TOKEN, retry=None) as late:
+            with pytest.raises(ServerUnavailableError, match=DRAINING):
+                late.encode(stream_frames[:1], pixel_format="GRAY")
+            with late.session(pixel_format="GRAY") as new_stream, pytest.raises(ServerUnavailableError):
+                new_stream.step(stream_frames[0])
+        refused = {"grpc_method": "Encode", "grpc_code": "UNAVAILABLE"}
+        assert serve_process.metric("grpc_server_handled_total", **refused) == 1
         streamed += [session.step(frame) for frame in stream_frames[3:]]
+        assert health_status(serve_process.address) == health_pb2.HealthCheckResponse.NOT_SERVING
         session.close()
         results = [call.result(timeout=60) for call in calls]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Iterator
 
 import grpc
@@ -19,7 +21,7 @@ from vidlstm.clients import (
     UnauthenticatedError,
 )
 from vidlstm.models import InferenceModel
-from vidlstm.service import ServerSettings
+from vidlstm.service import ServerSettings, create_server
 from vidlstm.v1 import encoder_pb2 as pb
 from vidlstm.v1 import encoder_pb2_grpc as pb_grpc
 
@@ -38,33 +40,43 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Identity]:
     }
 
 
+@contextlib.contextmanager
 def _server(model: InferenceModel, **settings: object) -> Iterator[ServerThread]:
+    """A server that is stopped however the test ends, a failed assertion included."""
     running = ServerThread(ServerSettings(port=0, **settings), model)  # type: ignore[arg-type]
-    yield running
-    running.stop()
+    try:
+        yield running
+    finally:
+        running.stop()
 
 
 @pytest.fixture(scope="module")
 def tls_server(model: InferenceModel, pki: dict[str, Identity]) -> Iterator[ServerThread]:
-    yield from _server(model, tls_cert=pki["server"].cert, tls_key=pki["server"].key)
+    with _server(model, tls_cert=pki["server"].cert, tls_key=pki["server"].key) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 def mtls_server(model: InferenceModel, pki: dict[str, Identity]) -> Iterator[ServerThread]:
-    yield from _server(
+    with _server(
         model, tls_cert=pki["server"].cert, tls_key=pki["server"].key, tls_client_ca=pki["ca"].cert
-    )
+    ) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 def auth_server(model: InferenceModel) -> Iterator[ServerThread]:
-    yield from _server(model, auth_tokens=("alpha-token", "beta-token"), max_streams_per_client=2)
+    with _server(model, auth_tokens=("alpha-token", "beta-token"), max_streams_per_client=2) as running:
+        yield running
 
 
 def test_tls_serves_and_refuses_plaintext(tls_server: ServerThread, pki: dict[str, Identity]) -> None:
     with EncoderClient(tls_server.address, tls=Tls(ca=pki["ca"].cert)) as client:
         assert client.encode(FRAME[None], pixel_format="GRAY").embeddings.shape == (1, 256)
-    with EncoderClient(tls_server.address, timeout=3) as plaintext, pytest.raises(ServerUnavailableError):
+    with (
+        EncoderClient(tls_server.address, timeout=3, retry=None) as plaintext,
+        pytest.raises(ServerUnavailableError),
+    ):
         plaintext.info()
 
 
@@ -72,7 +84,7 @@ def test_tls_client_refuses_a_server_from_another_ca(
     tls_server: ServerThread, pki: dict[str, Identity]
 ) -> None:
     with (
-        EncoderClient(tls_server.address, tls=Tls(ca=pki["stranger"].cert), timeout=3) as client,
+        EncoderClient(tls_server.address, tls=Tls(ca=pki["stranger"].cert), timeout=3, retry=None) as client,
         pytest.raises(ServerUnavailableError),
     ):
         client.info()
@@ -87,7 +99,7 @@ def test_mutual_tls_requires_a_client_certificate_from_the_ca(
         assert client.info().embedding_size == 256
     for tls in (Tls(ca=ca), Tls(ca=ca, cert=pki["stranger"].cert, key=pki["stranger"].key)):
         with (
-            EncoderClient(mtls_server.address, tls=tls, timeout=3) as client,
+            EncoderClient(mtls_server.address, tls=tls, timeout=3, retry=None) as client,
             pytest.raises(ServerUnavailableError),
         ):
             client.info()
@@ -131,7 +143,7 @@ def test_streams_per_client_are_limited(auth_server: ServerThread) -> None:
 
 
 def test_calls_without_a_deadline_get_the_servers_default(model: InferenceModel) -> None:
-    for running in _server(model, default_deadline_s=0.05):
+    with _server(model, default_deadline_s=0.05) as running:
         frames = pb.Frames(
             raw=pb.RawFrames(shape=[2000, 84, 84, 1], pixel_format=pb.GRAY, data=bytes(2000 * 84 * 84))
         )
@@ -148,5 +160,6 @@ def test_calls_without_a_deadline_get_the_servers_default(model: InferenceModel)
 
 
 def test_half_a_tls_configuration_is_refused(pki: dict[str, Identity], model: InferenceModel) -> None:
+    settings = ServerSettings(port=0, tls_cert=pki["server"].cert)
     with pytest.raises(ValueError, match="needs both --tls-cert and --tls-key"):
-        ServerThread(ServerSettings(port=0, tls_cert=pki["server"].cert), model)
+        asyncio.run(create_server(settings, model))  # refused before a port is bound: nothing to stop

@@ -1,5 +1,6 @@
 """The `vidlstm` command. Each subcommand's module is imported only when it runs, so the light
-client install (no torch) can run `vidlstm info` and `vidlstm encode-images --server`."""
+client install (`pip install vidlstm`, no torch) can run `vidlstm info`, `vidlstm health` and
+`vidlstm encode-images`; tests/test_packaging.py runs them with the server extra made unimportable."""
 
 from __future__ import annotations
 
