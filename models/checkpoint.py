@@ -13,12 +13,12 @@ import hashlib
 import json
 import os
 import pickle
-import tempfile
+import secrets
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from .model import EmbeddingModel, build_model
 from .spec import ModelSpec
@@ -35,16 +35,20 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(model: EmbeddingModel, path: str | Path) -> Path:
-    """Writes `path` (a `.safetensors` file, spec in its metadata) atomically; returns it."""
+    """Writes `path` (a `.safetensors` file, spec in its metadata) atomically; returns it.
+
+    The file gets mode 0666 less the umask, like any file a tool writes, so a container's non-root
+    user can read a mounted checkpoint (safetensors' own `save_file` and mkstemp make it 0600)."""
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    data = save(tensors, metadata={SPEC_METADATA_KEY: model.spec.to_json()})
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     try:
-        save_file(tensors, tmp, metadata={SPEC_METADATA_KEY: model.spec.to_json()})
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as file:
+            file.write(data)
         os.replace(tmp, path)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -4,6 +4,11 @@ Two backends: PyAV (FFmpeg; exact timestamps from the stream's pts, rotation met
 OpenCV (timestamps from CAP_PROP_POS_MSEC). Frames are decoded from the start and counted, so
 frame indices are exact even for containers whose frame count is wrong or missing; sampling by
 `every`, `fps` (on presentation timestamps, no re-encode), `start_s`/`end_s` and `max_frames`.
+
+A damaged video fails as a whole (VideoError), never as a shorter list of frames: PyAV reports
+truncation and decoding errors (an index past the end of the file, a packet cut short, a frame
+the decoder had to conceal, an error the demuxer or decoder logged). OpenCV reports none of these:
+a truncated file simply ends early there.
 """
 
 from __future__ import annotations
@@ -29,25 +34,14 @@ class VideoError(ValueError):
 @dataclass(frozen=True)
 class Sampling:
     """Which decoded frames to keep: every `every`-th, or one per 1/`fps` s of presentation time,
-    within [`start_s`, `end_s`), at most `max_frames`."""
+    within [`start_s`, `end_s`), at most `max_frames`. Options are checked where they enter
+    (`vidlstm.clients.FrameSelection`, for the CLI, the clients and the EncodeVideo RPC), once."""
 
     every: int = 1
     fps: float | None = None
     start_s: float = 0.0
     end_s: float | None = None
     max_frames: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.every < 1:
-            raise ValueError(f"every must be >= 1, got {self.every}")
-        if self.fps is not None and not self.fps > 0:
-            raise ValueError(f"fps must be > 0, got {self.fps}")
-        if self.every > 1 and self.fps is not None:
-            raise ValueError("use either every or fps, not both")
-        if self.start_s < 0 or (self.end_s is not None and self.end_s <= self.start_s):
-            raise ValueError(f"need 0 <= start < end, got start={self.start_s}, end={self.end_s}")
-        if self.max_frames is not None and self.max_frames < 1:
-            raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
 
 
 @dataclass(frozen=True)
@@ -98,7 +92,7 @@ class _Sampler:
 
 def probe_video(path: Path) -> VideoInfo:
     try:
-        with av.open(str(path)) as container:
+        with _open(path) as container:
             stream = _video_stream(container, path)
             rate = float(stream.average_rate or stream.guessed_rate or 0)
             duration = float(stream.duration * stream.time_base) if stream.duration else 0.0
@@ -126,26 +120,94 @@ def decode_video(
 def _decode_pyav(path: Path, sampling: Sampling, threads: int) -> Iterator[DecodedFrame]:
     sampler = _Sampler(sampling)
     try:
-        with av.open(str(path)) as container:
+        with _open(path) as container:
             stream = _video_stream(container, path)
-            stream.thread_type = "AUTO"
+            _check_index(container, path)
+            # Frame threading drops a frame the decoder fails on instead of raising (how many
+            # depends on timing); slice threading reports every error.
+            stream.thread_type = "SLICE"
             stream.thread_count = threads
             origin = stream.start_time or 0
             rate = float(stream.average_rate or stream.guessed_rate or 0)
-            for index, frame in enumerate(container.decode(stream)):
+            decoded = 0
+            for frame in _checked_frames(container, stream, path):
                 if frame.pts is not None:
                     time_s = float((frame.pts - origin) * stream.time_base)
                 else:
-                    time_s = index / rate if rate else 0.0
+                    time_s = decoded / rate if rate else 0.0
                 if sampler.done(time_s):
                     return
-                if sampler.keep(index, time_s):
+                if sampler.keep(decoded, time_s):
                     image = frame.to_ndarray(format="rgb24")
                     if frame.rotation:
                         image = np.ascontiguousarray(np.rot90(image, k=round(frame.rotation / 90)))
-                    yield DecodedFrame(image, time_s * 1000.0, index)
+                    yield DecodedFrame(image, time_s * 1000.0, decoded)
+                decoded += 1
+            if not decoded:
+                raise VideoError(f"{path}: damaged video: its video stream has no decodable frame")
     except av.error.FFmpegError as error:
         raise VideoError(f"{path}: corrupt or unreadable video ({error})") from None
+
+
+def _open(path: Path) -> Any:
+    """Opens `path` with FFmpeg's error messages on, so that errors carry FFmpeg's reason and reach
+    `av.logging.Capture` (PyAV drops all logs by default). Every one of them: dropping repeats would
+    hide a second video's error, identical to the first's, from its capture."""
+    if av.logging.get_level() is None:
+        av.logging.set_level(av.logging.ERROR)
+    av.logging.set_skip_repeated(False)
+    with av.logging.Capture():  # probing decodes a few packets: decoding reports those errors again
+        return av.open(str(path))
+
+
+def _check_index(container: Any, path: Path) -> None:
+    """A truncated mp4 with its index first still lists every sample; the demuxer stops at the
+    first one past the end of the file as if the video ended there, so look before decoding."""
+    size = path.stat().st_size
+    end = max((e.pos + e.size for s in container.streams for e in s.index_entries), default=0)
+    if end > size:
+        raise VideoError(
+            f"{path}: damaged video: truncated, its index points to byte {end:,} of a {size:,}-byte file"
+        )
+
+
+def _checked_frames(container: Any, stream: Any, path: Path) -> Iterator[Any]:
+    """The decoded frames of `stream`; a packet cut short, a frame the decoder had to conceal or an
+    error FFmpeg reported while reading raises VideoError rather than quietly losing frames."""
+    packets = container.demux(stream)
+    while True:
+        # One capture per packet, never open across a yield: the next packet may be read on
+        # another thread (the server's decoder pool), and captures belong to a thread.
+        with av.logging.Capture() as logs:
+            try:
+                packet = next(packets, None)
+                frames = packet.decode() if packet is not None else []
+            except av.error.FFmpegError as error:
+                raise VideoError(f"{path}: damaged video: {_errors(logs) or error}") from None
+        if problem := _damage(packet, frames) or _errors(logs):
+            raise VideoError(f"{path}: damaged video: {problem}")
+        if packet is None:
+            return
+        yield from frames
+
+
+def _damage(packet: Any, frames: list[Any]) -> str:
+    """What the demuxer or decoder flagged in one packet and its frames ("" when nothing)."""
+    if packet is not None and packet.is_corrupt:
+        return f"the packet at byte {packet.pos} is incomplete (truncated or damaged file)"
+    if any(frame.is_corrupt for frame in frames):
+        return "the decoder found errors in a frame"
+    return ""
+
+
+def _errors(logs: list[tuple[int, str, str]], most: int = 3) -> str:
+    """The first errors FFmpeg logged ("" when none)."""
+    errors = (
+        f"{name}: {text.strip()}" if name else text.strip()
+        for level, name, text in logs
+        if level <= av.logging.ERROR
+    )
+    return "; ".join(list(dict.fromkeys(errors))[:most])
 
 
 def _decode_opencv(path: Path, sampling: Sampling, threads: int) -> Iterator[DecodedFrame]:

@@ -110,6 +110,7 @@ async def create_server(settings: ServerSettings, model: InferenceModel) -> Runn
             settings.decoder,
             settings.decoder_threads,
             settings.stream_idle_timeout_s,
+            max_message_bytes=settings.max_message_bytes,
         ),
         stream_idle_timeout=settings.stream_idle_timeout_s,
         default_deadline=settings.default_deadline_s,

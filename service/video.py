@@ -8,16 +8,17 @@ import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path, PurePath
 
 import numpy as np
 
+from vidlstm.clients.video import FrameSelection
 from vidlstm.models import InferenceModel
 from vidlstm.models.video import Sampling, VideoError, probe_video
 from vidlstm.models.video_pipeline import FrameChunk, prepared_chunks
 from vidlstm.v1 import encoder_pb2 as pb
-from vidlstm.wire import tensor_to_proto
+from vidlstm.wire import WIRE_DTYPES, tensor_to_proto
 
 from .batcher import Batcher
 from .convert import embedding_dtype, state_to_proto
@@ -34,6 +35,8 @@ from .pool import StatePool
 
 __all__ = ["VideoLimits", "VideoService", "resolve_under_root"]
 
+_RESPONSE_OVERHEAD_BYTES = 1024  # field tags, lengths and the tensor's shape around the arrays
+
 
 @dataclass(frozen=True)
 class VideoLimits:
@@ -43,6 +46,7 @@ class VideoLimits:
     decoder: str = "pyav"
     decoder_threads: int = 0
     idle_timeout: float = 300.0  # an upload that sends nothing this long is dropped
+    max_message_bytes: int = 64 << 20  # the server's gRPC message limit: bounds chunk_frames
 
 
 def resolve_under_root(root: Path | None, requested: str) -> Path:
@@ -82,7 +86,7 @@ class VideoService:
         if first is None:
             raise InvalidArgument("no request: send VideoOptions with a path or the first bytes")
         sampling, dtype = _sampling(first.options), embedding_dtype(first.options.embedding_dtype)
-        chunk_frames = first.options.chunk_frames or self.limits.chunk_frames
+        chunk_frames = self._chunk_frames(first.options.chunk_frames, dtype)
         if first.path:
             if first.data:
                 raise InvalidArgument("send either a path or the video bytes, not both")
@@ -97,6 +101,19 @@ class VideoService:
                 yield response
         finally:
             upload.unlink(missing_ok=True)
+
+    def _chunk_frames(self, requested: int, dtype: pb.DType) -> int:
+        """Frames per response; refused up front when such a response would not fit in a message."""
+        chunk_frames = requested or self.limits.chunk_frames
+        # Per frame: the embedding, a double timestamp, an int64 index (a varint of up to 10 bytes).
+        frame_bytes = self.model.model.out_size * WIRE_DTYPES[dtype].itemsize + 8 + 10
+        largest = (self.limits.max_message_bytes - _RESPONSE_OVERHEAD_BYTES) // frame_bytes
+        if chunk_frames > largest:
+            raise InvalidArgument(
+                f"chunk_frames {chunk_frames} would make responses larger than the server's message "
+                f"limit of {self.limits.max_message_bytes} bytes; use chunk_frames <= {largest}"
+            )
+        return chunk_frames
 
     async def _receive(self, first: pb.VideoRequest, requests: AsyncIterator[pb.VideoRequest]) -> Path:
         """Spools the uploaded bytes to a temporary file (containers need seeking to decode)."""
@@ -191,12 +208,6 @@ def _next_chunk(chunks: Iterator[FrameChunk], path: Path) -> FrameChunk | None:
 
 def _sampling(options: pb.VideoOptions) -> Sampling:
     try:
-        return Sampling(
-            every=options.every or 1,
-            fps=options.fps or None,
-            start_s=options.start_s,
-            end_s=options.end_s or None,
-            max_frames=options.max_frames or None,
-        )
+        return Sampling(**asdict(FrameSelection.from_proto(options)))
     except ValueError as error:
         raise InvalidArgument(f"bad VideoOptions: {error}") from None

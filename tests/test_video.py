@@ -4,7 +4,9 @@ the same decoded frames agree; sampling, resumability, failures and path confine
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,19 +14,23 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import av
 import grpc
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
-from conftest import ServerThread
-from videos import write_video
+from conftest import ServerThread, reference_embeddings
+from videos import decode_reference, write_video
 
+from vidlstm.batch.cli import encode_video_main
 from vidlstm.batch.inputs import InputError, expand_inputs
 from vidlstm.clients import EncoderClient, FrameSelection, VidlstmError
-from vidlstm.models import InferenceModel
-from vidlstm.models.video import Sampling, decode_video
+from vidlstm.models import InferenceModel, PixelFormat
+from vidlstm.models.video import Sampling, VideoError, decode_video
 from vidlstm.service import ServerSettings
 from vidlstm.v1 import encoder_pb2 as pb
 from vidlstm.v1 import encoder_pb2_grpc as pb_grpc
+from vidlstm.wire import tensor_from_proto
 
 VFR_TIMES = [0, 40, 50, 200, 210, 215, 500, 530, 900]
 CLI = [sys.executable, "-m", "vidlstm", "encode-video", "--quiet"]
@@ -77,7 +83,7 @@ def test_cli_rpc_and_encode_agree(
     assert result.returncode == 0, result.stderr
     with EncoderClient(video_server.address) as client:
         for name, path in videos.items():
-            saved = np.load(tmp_path / path.relative_to(root).with_suffix(".npz"))
+            saved = np.load(tmp_path / f"{path.relative_to(root)}.npz")
             frames, times, indices = _decoded(path)
             direct = client.encode(frames, pixel_format="RGB").embeddings
             uploaded, uploaded_times = _via_rpc(client, path)
@@ -195,7 +201,7 @@ def test_corrupt_and_truncated_files_fail_alone(
         "truncated.mp4": "failed",
     }
     assert "not a readable video" in records["garbage.mp4"]["error"]
-    assert sorted(p.name for p in out.iterdir()) == ["good.parquet", "manifest.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["good.mp4.parquet", "manifest.jsonl"]
 
 
 def test_killed_run_leaves_no_partial_output_and_resumes(tmp_path: Path) -> None:
@@ -225,9 +231,7 @@ def test_killed_run_leaves_no_partial_output_and_resumes(tmp_path: Path) -> None
     statuses = {Path(r["source"]).name: r["status"] for r in second}
     assert {n for n, s in statuses.items() if s == "skipped"} == finished
     assert {n for n, s in statuses.items() if s == "ok"} == set(names) - finished
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        [n.replace(".mp4", ".npz") for n in names] + ["manifest.jsonl"]
-    )
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{n}.npz" for n in names] + ["manifest.jsonl"])
 
 
 def test_inputs_expand_folders_globs_and_lists(tmp_path: Path) -> None:
@@ -243,9 +247,11 @@ def test_inputs_expand_folders_globs_and_lists(tmp_path: Path) -> None:
         ("x.mp4", "x.mp4"),
         ("z.avi", "z.avi"),
     ]
-    (tmp_path / "a" / "x.webm").write_bytes(b"")
-    with pytest.raises(InputError, match="would both write"):
-        expand_inputs([str(tmp_path / "a")])
+    (tmp_path / "a" / "x.webm").write_bytes(b"")  # same stem, another name: its own output
+    assert len(expand_inputs([str(tmp_path / "a")])) == 3
+    (tmp_path / "a" / "b" / "z.avi").write_bytes(b"")
+    with pytest.raises(InputError, match=r"would both write z\.avi\.\* under --out"):
+        expand_inputs([str(tmp_path / "a" / "b" / "z.avi"), str(tmp_path / "z.avi")])
     with pytest.raises(InputError, match="no such file or folder"):
         expand_inputs([str(tmp_path / "nope.mp4")])
 
@@ -265,3 +271,216 @@ def test_stalled_upload_is_dropped(videos: dict[str, Path], model: InferenceMode
         assert "upload stalled" in raised.value.details()
     finally:
         running.stop()
+
+
+def _encode_cli(*args: str) -> int:
+    """`vidlstm encode-video --quiet ARGS` run through its main function, in this process."""
+    return encode_video_main(["--quiet", *args])
+
+
+def _records(out: Path) -> dict[str, dict[str, object]]:
+    """The manifest's latest record per source file name."""
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    return {Path(r["source"]).name: r for r in map(json.loads, lines)}
+
+
+def _saved_embeddings(out: Path, name: str, fmt: str) -> np.ndarray:
+    if fmt == "npz":
+        with np.load(out / f"{name}.npz") as saved:
+            return saved["embeddings"]
+    if fmt == "npy":
+        assert json.loads((out / f"{name}.json").read_text())["source"].endswith(name)
+        return np.load(out / f"{name}.npy")
+    return np.stack(pq.read_table(out / f"{name}.parquet").column("embedding").to_pylist())
+
+
+def _expected(model: InferenceModel, path: Path) -> np.ndarray:
+    """The in-process model on the frames of an independent decode."""
+    return reference_embeddings(model, decode_reference(path)[0], PixelFormat.RGB)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "suffixes"), [("npz", [".npz"]), ("npy", [".npy", ".json"]), ("parquet", [".parquet"])]
+)
+def test_output_names_keep_the_whole_file_name(
+    model: InferenceModel, tmp_path: Path, fmt: str, suffixes: list[str]
+) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    clips = {  # with_suffix("") mapped each pair to one output: the second overwrote the first
+        name: write_video(inputs / name, frames=4 + 2 * k, width=64, height=48, first_image=40 * k)
+        for k, name in enumerate(["ep.1.mp4", "ep.2.mp4", "clip.mp4", "clip.mkv"])
+    }
+    out = tmp_path / "out"
+    assert _encode_cli(str(inputs), "--out", str(out), "--format", fmt) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"{name}{suffix}" for name in clips for suffix in suffixes] + ["manifest.jsonl"]
+    )
+    for name, path in clips.items():
+        saved = _saved_embeddings(out, name, fmt)
+        np.testing.assert_allclose(saved, _expected(model, path), atol=1e-4, rtol=0, err_msg=name)
+
+
+def test_one_output_name_for_two_inputs_is_refused_before_any_work(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = write_video(tmp_path / "a" / "clip.mp4", frames=2)
+    second = write_video(tmp_path / "b" / "clip.mp4", frames=3)
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [*CLI, str(first), str(second), "--out", str(out)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert f"{first} and {second} would both write clip.mp4.* under --out" in result.stderr
+    assert not out.exists()
+
+
+def _damaged_packet(path: Path, index: int) -> Path:
+    """Overwrites the length prefix of the `index`-th H.264 packet: its decoder must fail on it,
+    while the container (sizes, index) stays intact."""
+    with av.open(str(path)) as container:
+        packet = next(p for k, p in enumerate(container.demux(video=0)) if k == index)
+        position = packet.pos
+    data = bytearray(path.read_bytes())
+    data[position : position + 4] = b"\xff\xff\xff\xff"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_truncated_and_damaged_videos_fail_whole_on_cli_and_rpc(
+    model: InferenceModel, video_server: ServerThread, tmp_path: Path
+) -> None:
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    full = write_video(tmp_path / "full.mp4", frames=60, faststart=True)
+    (inputs / "half.mp4").write_bytes(full.read_bytes()[: full.stat().st_size // 2])  # was ok, 24 of 60
+    _damaged_packet(write_video(inputs / "bad_frame.mp4", frames=60), 30)
+    reasons = {
+        "half.mp4": "damaged video: truncated",
+        "bad_frame.mp4": "damaged video: h264: Invalid NAL unit size",
+    }
+    for _ in range(2):  # the same outcome every time, whatever the decoder threads did
+        assert _encode_cli(str(inputs), "--out", str(out)) == 1
+        records = _records(out)
+        for name, reason in reasons.items():
+            assert records[name]["status"] == "failed"
+            assert reason in str(records[name]["error"])
+        assert [p.name for p in out.iterdir()] == ["manifest.jsonl"]
+        with EncoderClient(video_server.address) as client:
+            for name, reason in reasons.items():
+                with pytest.raises(VidlstmError, match=reason) as raised:
+                    list(client.encode_video(inputs / name))
+                assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    full_frames, _, _ = _decoded(full)
+    assert len(full_frames) == 60
+    for threads in (1, 2, 4):  # decoder threads change nothing, damaged or whole
+        with pytest.raises(VideoError, match="damaged video: h264: Invalid NAL unit size"):
+            list(decode_video(inputs / "bad_frame.mp4", threads=threads))
+        np.testing.assert_array_equal([f.image for f in decode_video(full, threads=threads)], full_frames)
+    np.testing.assert_allclose(
+        reference_embeddings(model, full_frames, PixelFormat.RGB), _expected(model, full), atol=1e-4, rtol=0
+    )
+
+
+BAD_OPTIONS = [
+    (pb.VideoOptions(fps=math.inf), "fps must be a number > 0"),
+    (pb.VideoOptions(fps=math.nan), "fps must be a number > 0"),
+    (pb.VideoOptions(fps=-5), "fps must be a number > 0"),
+    (pb.VideoOptions(start_s=math.nan), "start_s must be a finite number"),
+    (pb.VideoOptions(start_s=-1), "start_s must be a finite number"),
+    (pb.VideoOptions(end_s=math.inf), "end_s must be a finite number"),
+    (pb.VideoOptions(start_s=2, end_s=1), r"end_s must be .* after start_s \(2.0\), got 1.0"),
+    (pb.VideoOptions(every=2, fps=10), "use either every"),
+]
+
+
+def _raw_encode_video(address: str, options: pb.VideoOptions, path: str) -> list[pb.VideoResponse]:
+    """EncodeVideo through the bare stub, so that options the client would refuse reach the server."""
+    with grpc.insecure_channel(address) as channel:
+        request = pb.VideoRequest(options=options, path=path)
+        return list(pb_grpc.EncoderStub(channel).EncodeVideo(iter([request]), timeout=60))
+
+
+@pytest.mark.parametrize(("options", "message"), BAD_OPTIONS)
+def test_bad_video_options_are_invalid_argument(
+    video_server: ServerThread, options: pb.VideoOptions, message: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as raised:
+        _raw_encode_video(video_server.address, options, "h264.mp4")
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert re.search(f"bad VideoOptions: {message}", raised.value.details())
+    with pytest.raises(ValueError, match=message):  # the client refuses them before sending
+        FrameSelection.from_proto(options)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--fps", "inf"], "fps must be a number > 0"),
+        (["--fps", "0"], "fps must be a number > 0"),
+        (["--start", "nan"], "start_s must be a finite number"),
+        (["--start", "3", "--end", "3"], "end_s must be a finite number of seconds after start_s"),
+        (["--end", "1e400"], "end_s must be a finite number"),
+        (["--every", "0"], "every must be a whole number from 1"),
+        (["--max-frames", "0"], "max_frames must be a whole number from 1"),
+        (["--chunk-frames", "0"], "argument --chunk-frames: must be a whole number >= 1, got '0'"),
+        (["--decoder-threads", "-1"], "argument --decoder-threads: must be a whole number >= 0"),
+    ],
+)
+def test_bad_cli_options_are_usage_errors_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:  # the input does not exist: options are checked first
+        _encode_cli(str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "out"), *flags)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_chunk_frames_must_fit_in_one_message(
+    model: InferenceModel, video_server: ServerThread, tmp_path: Path
+) -> None:
+    with pytest.raises(grpc.RpcError) as raised:  # the default limit, 64 MiB: refused up front
+        _raw_encode_video(video_server.address, pb.VideoOptions(chunk_frames=1_000_000), "h264.mp4")
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "chunk_frames 1000000 would make responses larger than the server's message limit of " in (
+        raised.value.details()
+    )
+    assert f"use chunk_frames <= {(64 * 2**20 - 1024) // (256 * 4 + 18)}" in raised.value.details()
+    limit = 150_000
+    running = ServerThread(ServerSettings(port=0, video_root=tmp_path, max_message_bytes=limit), model)
+    video = write_video(tmp_path / "long.mp4", frames=160, width=64, height=48)
+    largest = {pb.FLOAT32: (limit - 1024) // (256 * 4 + 18), pb.FLOAT16: (limit - 1024) // (256 * 2 + 18)}
+    try:
+        for dtype, frames in largest.items():
+            options = pb.VideoOptions(chunk_frames=frames + 1, embedding_dtype=dtype)
+            with pytest.raises(grpc.RpcError) as raised:
+                _raw_encode_video(running.address, options, "long.mp4")
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert f"use chunk_frames <= {frames}" in raised.value.details()
+        options = pb.VideoOptions(chunk_frames=largest[pb.FLOAT32])  # 142 frames: fits, just
+        responses = _raw_encode_video(running.address, options, "long.mp4")
+    finally:
+        running.stop()
+    assert [len(r.frame_indices) for r in responses[:-1]] == [142, 18]
+    assert max(r.ByteSize() for r in responses) <= limit
+    embeddings = np.concatenate([tensor_from_proto(r.embeddings) for r in responses[:-1]])
+    np.testing.assert_allclose(embeddings, _expected(model, video), atol=1e-4, rtol=0)
+
+
+def test_rerun_encodes_a_changed_source_again(model: InferenceModel, tmp_path: Path) -> None:
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    source = write_video(inputs / "clip.mp4", frames=8, width=64, height=48)
+    assert _encode_cli(str(inputs), "--out", str(out)) == 0
+    first = _saved_embeddings(out, "clip.mp4", "npz")
+    assert _encode_cli(str(inputs), "--out", str(out)) == 0
+    assert _records(out)["clip.mp4"]["status"] == "skipped"
+    write_video(source, frames=12, width=64, height=48, first_image=30)  # same name, new content
+    assert _encode_cli(str(inputs), "--out", str(out)) == 0
+    record = _records(out)["clip.mp4"]
+    assert (record["status"], record["frames"]) == ("ok", 12)
+    assert record["source_stamp"]["size_bytes"] == source.stat().st_size  # type: ignore[index]
+    second = _saved_embeddings(out, "clip.mp4", "npz")
+    assert (len(first), len(second)) == (8, 12)
+    np.testing.assert_allclose(second, _expected(model, source), atol=1e-4, rtol=0)

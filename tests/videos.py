@@ -29,15 +29,24 @@ def write_video(
     pixel_format: str = "yuv420p",
     fps: int = 30,
     times_ms: list[int] | None = None,
+    first_image: int = 0,
+    rotation: int = 0,
+    faststart: bool = False,
 ) -> Path:
-    """A video of `frames` frames; `times_ms` gives each frame's presentation time (variable rate)."""
-    with av.open(str(path), "w") as container:
+    """A video of `frames` frames; `times_ms` gives each frame's presentation time (variable rate),
+    `first_image` shifts the content, `rotation` (degrees counter-clockwise) is stored as display
+    metadata, and `faststart` puts an mp4's index before the frames."""
+    options = {"movflags": "+faststart"} if faststart else {}
+    with av.open(str(path), "w", options=options) as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, pixel_format
+        if rotation:
+            stream.set_display_rotation(rotation)
         if times_ms is not None:
             stream.codec_context.time_base = Fraction(1, 1000)
         for index in range(frames if times_ms is None else len(times_ms)):
-            frame = av.VideoFrame.from_ndarray(frame_image(index, width, height), format="rgb24")
+            image = frame_image(first_image + index, width, height)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             if times_ms is not None:
                 frame.pts, frame.time_base = times_ms[index], Fraction(1, 1000)
             for packet in stream.encode(frame):
@@ -45,3 +54,33 @@ def write_video(
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def write_audio_only(path: Path, *, seconds: float = 0.5, rate: int = 16000) -> Path:
+    """A file with one AAC audio stream and no video."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=rate)
+        for start in range(0, int(seconds * rate), 1024):
+            samples = np.sin(np.arange(start, start + 1024, dtype=np.float32) / 10)[None]
+            frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = rate, start
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def decode_reference(path: Path) -> tuple[np.ndarray, list[float]]:
+    """Every frame of `path` as displayed (rotation applied), RGB [T, H, W, 3], and its time in ms:
+    decoded with PyAV alone, without threads, as a reference independent of vidlstm's decoder."""
+    images, times = [], []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "NONE"
+        origin = stream.start_time or 0
+        for frame in container.decode(stream):
+            image = frame.to_ndarray(format="rgb24")
+            images.append(np.ascontiguousarray(np.rot90(image, k=round(frame.rotation / 90))))
+            times.append(float((frame.pts - origin) * stream.time_base) * 1000)
+    return np.stack(images), times

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from vidlstm.clients import FrameSelection, VidlstmError
@@ -42,18 +43,33 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--threads", type=int, help="torch threads")
     decode = parser.add_argument_group("decoding (in process)")
     decode.add_argument("--decoder", choices=("pyav", "opencv"), default="pyav", help="default: pyav")
-    decode.add_argument("--decoder-threads", type=int, default=0, help="0: FFmpeg picks")
-    decode.add_argument("--chunk-frames", type=int, default=128, help="frames per model call")
+    decode.add_argument("--decoder-threads", type=_count(0), default=0, help="0: FFmpeg picks")
+    decode.add_argument("--chunk-frames", type=_count(1), default=128, help="frames per model call")
     return parser
+
+
+def _count(least: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= `least`."""
+
+    def parse(text: str) -> int:
+        value = int(text) if text.strip().isdigit() else None
+        if value is None or value < least:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {least}, got {text!r}")
+        return value
+
+    return parse
 
 
 def encode_video_main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        selection = FrameSelection(args.every, args.fps, args.start, args.end, args.max_frames)
+    except ValueError as error:
+        parser.error(f"frame selection: {error}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         inputs = expand_inputs(args.inputs)
-        selection = FrameSelection(args.every, args.fps, args.start, args.end, args.max_frames)
         backend = _backend(args)
     except (InputError, VidlstmError, OSError, ValueError) as error:
         parser.exit(2, f"vidlstm encode-video: {error}\n")

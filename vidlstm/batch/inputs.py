@@ -24,17 +24,20 @@ class VideoInput:
 
 def expand_inputs(arguments: list[str], extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> list[VideoInput]:
     """Files as given; folders searched recursively; glob patterns (`**` too); `@list.txt` read line
-    by line. Duplicates are dropped; two videos that would share an output name are an error."""
+    by line. Duplicates are dropped; two videos with the same path under --out (the same name from
+    two folders given as files, say) are an error, raised before any video is read."""
     found: dict[Path, VideoInput] = {}
     for argument in arguments:
         for item in _expand(argument, extensions):
             found.setdefault(item.path.resolve(), item)
     by_output: dict[Path, Path] = {}
     for item in found.values():
-        key = item.relative.with_suffix("")
-        if key in by_output:
-            raise InputError(f"{by_output[key]} and {item.path} would both write {key}.*; rename one")
-        by_output[key] = item.path
+        if item.relative in by_output:
+            raise InputError(
+                f"{by_output[item.relative]} and {item.path} would both write {item.relative}.* under "
+                "--out; pass a folder that holds both (its tree is mirrored) or use one --out for each"
+            )
+        by_output[item.relative] = item.path
     return list(found.values())
 
 

@@ -1,18 +1,19 @@
 """Writing one video's embeddings: npz (default), npy (+ JSON sidecar) or Parquet (a row per frame).
 
-Every file is written to a temporary name in the target folder and renamed into place, so a killed
-run never leaves a half-written output.
+Output names keep the whole input file name (`ep.1.mp4` -> `ep.1.mp4.npz`), so no two inputs share
+one. Every file is written to a temporary name in the target folder and renamed into place, so a
+killed run never leaves a half-written output; files get the umask's mode, as any tool's output.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -33,32 +34,31 @@ class EncodedVideo:
 
 def output_paths(out_dir: Path, relative: Path, fmt: str) -> list[Path]:
     """The file(s) a video's output consists of; the last one written marks it complete."""
-    stem = out_dir / relative.with_suffix("")
-    if fmt == "npy":
-        return [stem.with_suffix(".npy"), stem.with_suffix(".json")]
-    return [stem.with_suffix(f".{fmt}")]
+    base = out_dir / relative
+    suffixes = (".npy", ".json") if fmt == "npy" else (f".{fmt}",)
+    return [base.with_name(base.name + suffix) for suffix in suffixes]
 
 
 def write_output(paths: list[Path], fmt: str, video: EncodedVideo) -> None:
     paths[0].parent.mkdir(parents=True, exist_ok=True)
     if fmt == "npz":
-        _atomic(paths[0], lambda tmp: _write_npz(tmp, video))
+        _atomic(paths[0], lambda file: _write_npz(file, video))
     elif fmt == "npy":
-        _atomic(paths[0], lambda tmp: np.save(tmp, video.embeddings))
+        _atomic(paths[0], lambda file: np.save(file, video.embeddings, allow_pickle=False))
         sidecar = {
             **video.metadata,
             "timestamps_ms": video.timestamps_ms.tolist(),
             "frame_indices": video.frame_indices.tolist(),
             "final_state": {k: v.tolist() for k, v in video.final_state.items()},
         }
-        _atomic(paths[1], lambda tmp: tmp.write_text(json.dumps(sidecar)))
+        _atomic(paths[1], lambda file: file.write(json.dumps(sidecar).encode()))
     elif fmt == "parquet":
-        _atomic(paths[0], lambda tmp: _write_parquet(tmp, video))
+        _atomic(paths[0], lambda file: _write_parquet(file, video))
     else:
         raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
-def _write_npz(path: Path, video: EncodedVideo) -> None:
+def _write_npz(file: BinaryIO, video: EncodedVideo) -> None:
     arrays = {
         "embeddings": video.embeddings,
         "timestamps_ms": video.timestamps_ms,
@@ -66,11 +66,10 @@ def _write_npz(path: Path, video: EncodedVideo) -> None:
         "metadata": np.array(json.dumps(video.metadata)),
         **{f"state_{k}": v for k, v in video.final_state.items()},
     }
-    with open(path, "wb") as file:
-        np.savez(file, allow_pickle=False, **arrays)
+    np.savez(file, allow_pickle=False, **arrays)
 
 
-def _write_parquet(path: Path, video: EncodedVideo) -> None:
+def _write_parquet(file: BinaryIO, video: EncodedVideo) -> None:
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -85,7 +84,7 @@ def _write_parquet(path: Path, video: EncodedVideo) -> None:
             "embedding": embeddings,
         }
     ).replace_schema_metadata({"vidlstm": json.dumps(video.metadata)})
-    pq.write_table(table, path)
+    pq.write_table(table, file)
 
 
 def remove_partials(out_dir: Path) -> None:
@@ -95,12 +94,13 @@ def remove_partials(out_dir: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
-def _atomic(path: Path, write: Callable[[Path], object]) -> None:
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL)
-    os.close(fd)
-    tmp = Path(name)
+def _atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Writes `path` through a temporary file renamed into place. The temporary file is created with
+    mode 0666 less the umask, like any file a tool writes (mkstemp's 0600 would stay on the output)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}{PARTIAL}")
     try:
-        write(tmp)
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as file:
+            write(file)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

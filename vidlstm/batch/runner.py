@@ -1,5 +1,5 @@
-"""The batch run: each video once, skipped when already done with the same model and options,
-failures recorded and passed over; the exit code says whether anything failed."""
+"""The batch run: each video once, skipped when already done with the same model and options from
+the same unchanged file, failures recorded and passed over; the exit code says whether any failed."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from vidlstm.clients import FrameSelection
 
 from .backends import Backend
 from .inputs import VideoInput
-from .manifest import Manifest, Record, fingerprint
+from .manifest import Manifest, Record, SourceStamp, fingerprint
 from .outputs import output_paths, remove_partials, write_output
 
 __all__ = ["RunOptions", "run"]
@@ -41,40 +41,56 @@ def run(inputs: list[VideoInput], backend: Backend, options: RunOptions) -> int:
     for item in inputs:
         source = item.path.resolve()
         outputs = output_paths(options.out_dir, item.relative, options.format)
-        if manifest.is_done(source, mark, outputs):
-            manifest.record(Record(str(source), "skipped", mark, [str(p) for p in outputs]))
-            progress.video_done(item.path, "skipped")
-            continue
         started = time.monotonic()
         try:
-            video = backend.encode(
-                item.path, options.selection, save_state=options.save_state, progress=progress.frames
-            )
-            video.metadata.update(
-                source=str(item.path),
-                size_bytes=item.path.stat().st_size,
-                spec=backend.spec_json,
-                weights_hash=backend.weights_hash,
-                options=settings,
-            )
-            write_output(outputs, options.format, video)
+            stamp = SourceStamp.of(item.path)
+            if manifest.is_done(source, mark, stamp, outputs):
+                manifest.record(
+                    Record(str(source), "skipped", mark, [str(p) for p in outputs], source_stamp=stamp)
+                )
+                progress.video_done(item.path, "skipped")
+                continue
+            frames = _encode(item.path, outputs, backend, options, progress, settings, stamp)
         except Exception as error:  # one bad video must not stop the batch: it is recorded instead
             failed += 1
+            for stale in outputs:  # an earlier output of this name no longer matches its source
+                stale.unlink(missing_ok=True)
             message = f"{type(error).__name__}: {error}"
             manifest.record(Record(str(source), "failed", mark, [], error=message))
             log.error("%s failed: %s", item.path, message)
             progress.video_done(item.path, None)
             continue
-        seconds = time.monotonic() - started
-        record = Record(
-            str(source), "ok", mark, [str(p) for p in outputs], len(video.embeddings), round(seconds, 3)
+        seconds = round(time.monotonic() - started, 3)
+        manifest.record(
+            Record(str(source), "ok", mark, [str(p) for p in outputs], frames, seconds, source_stamp=stamp)
         )
-        manifest.record(record)
         progress.video_done(item.path, "ok")
     progress.close()
     if failed:
         log.error("%d of %d videos failed; see %s", failed, len(inputs), manifest.path)
     return 1 if failed else 0
+
+
+def _encode(
+    path: Path,
+    outputs: list[Path],
+    backend: Backend,
+    options: RunOptions,
+    progress: _Progress,
+    settings: dict[str, Any],
+    stamp: SourceStamp,
+) -> int:
+    """Encodes one video and writes its output; returns its frame count."""
+    video = backend.encode(path, options.selection, save_state=options.save_state, progress=progress.frames)
+    video.metadata.update(
+        source=str(path),
+        size_bytes=stamp.size_bytes,
+        spec=backend.spec_json,
+        weights_hash=backend.weights_hash,
+        options=settings,
+    )
+    write_output(outputs, options.format, video)
+    return len(video.embeddings)
 
 
 class _Progress:
