@@ -71,7 +71,7 @@ class InferenceModel:
             state = self.initial_state(batch)
         starts = np.zeros((steps, batch), bool) if episode_start is None else episode_start
         embeddings, state = self.model(
-            torch.from_numpy(np.ascontiguousarray(frames)).to(self.device),
+            torch.from_numpy(np.require(frames, requirements=["C", "W"])).to(self.device),
             {k: v.to(self.device) for k, v in state.items()},
             torch.from_numpy(np.asarray(starts, dtype=bool)).to(self.device),
         )

@@ -125,10 +125,27 @@ def test_streams_never_fail_on_the_server(
             _assert_client_error(error)
 
 
-@FUZZ
-@given(
-    first=st.builds(pb.VideoRequest, path=st.text(max_size=30), data=blobs), more=st.lists(blobs, max_size=2)
+numbers = st.floats(allow_nan=True, allow_infinity=True, width=32)
+video_options = st.builds(
+    pb.VideoOptions,
+    every=st.integers(0, 5),
+    fps=numbers,
+    start_s=numbers,
+    end_s=numbers,
+    max_frames=st.integers(0, 5),
+    embedding_dtype=st.integers(0, 4),
+    chunk_frames=st.integers(0, 1 << 20),
 )
+# A path or uploaded bytes, as a client sends them; both at once only now and then (a refusal).
+first_video_requests = st.one_of(
+    st.builds(pb.VideoRequest, options=video_options, path=st.text(min_size=1, max_size=30)),
+    st.builds(pb.VideoRequest, options=video_options, data=blobs.filter(bool)),
+    st.builds(pb.VideoRequest, options=video_options, path=st.text(max_size=30), data=blobs),
+)
+
+
+@FUZZ
+@given(first=first_video_requests, more=st.lists(blobs, max_size=2))
 def test_video_never_fails_on_the_server(
     stub: pb_grpc.EncoderStub, first: pb.VideoRequest, more: list[bytes]
 ) -> None:

@@ -4,82 +4,22 @@ health, and SIGTERM draining accepted calls and open streams before a clean exit
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
 import pytest
-from conftest import ServerThread, free_port, random_frames, reference_embeddings, wait_until_serving
+from conftest import TOKEN, ServeProcess, ServerThread, random_frames, reference_embeddings
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from vidlstm.clients import EncoderClient, InvalidInputError, ServerUnavailableError, UnauthenticatedError
 from vidlstm.models import InferenceModel
 from vidlstm.service import ServerSettings
 
-VIDLSTM = [sys.executable, "-m", "vidlstm"]
-TOKEN = "operations-test-token"
 DRAINING = "server is shutting down; retry on another replica"
-
-
-class ServeProcess:
-    """`vidlstm serve` on free ports with JSON logs and metrics, its output collected on a thread."""
-
-    def __init__(self, *flags: str) -> None:
-        self.port, self.metrics_port = free_port(), free_port()
-        self.process = subprocess.Popen(
-            [*VIDLSTM, "serve", "--port", str(self.port), "--metrics-port", str(self.metrics_port), *flags],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={
-                **os.environ,
-                "VIDLSTM_THREADS": "1",
-                "VIDLSTM_LOG_FORMAT": "json",
-                "VIDLSTM_AUTH_TOKENS": TOKEN,
-            },
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(
-            target=lambda: self.lines.extend(self.process.stdout or ()), daemon=True
-        )
-        self._reader.start()
-        self.address = f"127.0.0.1:{self.port}"
-        wait_until_serving(self.address, lambda: self.process.poll() is None)
-
-    def client(self) -> EncoderClient:
-        return EncoderClient(self.address, timeout=60, token=TOKEN)
-
-    def metric(self, name: str, **labels: str) -> float:
-        """A sample's value from a real scrape of /metrics (0 when absent)."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as page:
-            text = page.read().decode()
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    return sample.value
-        return 0.0
-
-    def stop(self, timeout: float = 60) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout)
-        self._reader.join(timeout=10)
-        return code
-
-    def close(self) -> None:
-        self.process.kill()
-        self.process.wait()
-        self._reader.join(timeout=10)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
 
 
 def health_status(address: str) -> int:

@@ -90,21 +90,28 @@ def test_vector_wrapper_resets_state_where_the_new_episode_begins(
 
 
 def test_wrapper_survives_a_server_restart(model: InferenceModel) -> None:
+    """After a restart the episode goes on from zero state: the frame after the restart is embedded
+    as the first of a new episode, and the steps after it continue from there."""
     first = ServerThread(ServerSettings(port=0), model)
     port = first.running.port
-    env = EmbeddingObservation(FrameEnv(4), f"127.0.0.1:{port}")
+    inner = FrameEnv(4, end_probability=0.0)
+    env = EmbeddingObservation(inner, f"127.0.0.1:{port}")
     env.reset()
     env.step(0)
     first.stop()
     second = ServerThread(ServerSettings(port=port), model)
     try:
         with pytest.warns(RuntimeWarning, match="reopened with zero LSTM state"):
-            observation = env.step(0)[0]
-        assert observation.shape == (256,)
-        assert env.step(0)[0].shape == (256,)
+            observations = [env.step(0)[0]]
+        observations.append(env.step(0)[0])
     finally:
         env.close()
         second.stop()
+    after_restart = [(frame, index == 0) for index, (frame, _) in enumerate(inner.history[-2:])]
+    expected = reference(model, after_restart)
+    np.testing.assert_allclose(np.stack(observations), expected, atol=1e-4, rtol=0)
+    continued = reference(model, inner.history)[-2:]  # what the lost state would have given
+    assert not np.allclose(np.stack(observations), continued, atol=1e-4)
 
 
 def _serve(path: Path) -> ServerThread:
