@@ -27,7 +27,9 @@ def add_connection_args(
 ) -> None:
     """--server, --timeout and the credentials options every client command shares."""
     parser.add_argument("--server", default=default_server, help=f"HOST:PORT (default: {default_server})")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per call (default: 60)")
+    parser.add_argument(
+        "--timeout", type=_positive_seconds, default=60.0, help="seconds per call (default: 60)"
+    )
     parser.add_argument("--tls-ca", type=Path, help="PEM CA to verify the server: connect with TLS")
     parser.add_argument("--tls-cert", type=Path, help="PEM client certificate (mutual TLS)")
     parser.add_argument("--tls-key", type=Path, help="PEM key of --tls-cert")
@@ -36,9 +38,21 @@ def add_connection_args(
     )
 
 
-def client_from_args(args: argparse.Namespace) -> EncoderClient:
+def client_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> EncoderClient:
+    """The client the options describe; half a TLS configuration or an unreadable PEM file is a usage
+    error (exit 2), as on the server."""
     tls = Tls(args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca or args.tls_cert else None
-    return EncoderClient(args.server, timeout=args.timeout, tls=tls, token=args.token)
+    try:
+        return EncoderClient(args.server, timeout=args.timeout, tls=tls, token=args.token)
+    except (ValueError, OSError) as error:
+        parser.error(f"TLS options: {error}")
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
 
 
 def _server_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -52,7 +66,7 @@ def info_main(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true", help="print the full info as JSON")
     args = parser.parse_args(argv)
     try:
-        with client_from_args(args) as client:
+        with client_from_args(args, parser) as client:
             info = client.info()
     except VidlstmError as error:
         parser.exit(1, f"vidlstm info: {error}\n")
@@ -81,7 +95,7 @@ def health_main(argv: list[str]) -> int:
     parser.set_defaults(timeout=5.0)
     parser.add_argument("--service", default="vidlstm.v1.Encoder", help="service to ask about ('' = server)")
     args = parser.parse_args(argv)
-    with client_from_args(args) as client:
+    with client_from_args(args, parser) as client:
         try:
             reply = health_pb2_grpc.HealthStub(client.channel).Check(
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
@@ -102,7 +116,7 @@ def encode_images_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         images = [path.read_bytes() for path in args.images]
-        with client_from_args(args) as client:
+        with client_from_args(args, parser) as client:
             result = client.encode(images)
             weights_hash = client.info().weights_hash
     except (OSError, VidlstmError) as error:

@@ -8,12 +8,13 @@ One rule per Pillow mode, so every file means the same pixels to every caller:
 | L (JPEG, PNG), 1 (bilevel PNG) | gray repeated on R, G, B; bilevel 1 -> 255 |
 | LA, RGBA (PNG) | alpha dropped: the colour channels as stored, not composited |
 | P (palette PNG), with or without transparency | palette colours; transparency dropped |
-| I;16, I;16B, I;16L, I;16N (16-bit gray PNG) | x -> round(x / 257) = (x + 128) // 257, gray |
+| I;16, I;16B, I;16L, I;16N (16-bit gray PNG) | x -> x >> 8 (the high byte), gray |
 | I (older Pillow's 16-bit gray PNG) | clipped to 0..65535, then as I;16 |
 | CMYK (Adobe JPEG) | Pillow's CMYK -> RGB |
 
-16-bit colour PNGs (48-bit RGB, 64-bit RGBA, 32-bit gray + alpha) reach us already at 8 bits: Pillow keeps
-the high byte (x >> 8) while decoding, at most 1 away from round(x / 257). JPEG frames, including MPO (a
+Every 16-bit PNG keeps the high byte of each sample (x >> 8), gray or colour: Pillow decodes 16-bit colour
+(48-bit RGB, 64-bit RGBA, 32-bit gray + alpha) that way itself, and one rule for all makes the same
+sample the same pixel in every mode (it is at most 1 away from round(x / 257)). JPEG frames, including MPO (a
 JPEG with an MPF segment, as phones write; its first image is used), are turned upright by their EXIF
 Orientation. Colour profiles (ICC) are not applied.
 """
@@ -113,7 +114,7 @@ def _palette(image: Image.Image) -> np.ndarray:
 def _sixteen_bit_gray(image: Image.Image) -> np.ndarray:
     """Pillow's own conversion clips 16-bit gray at 255, turning a whole frame white."""
     samples = np.clip(np.asarray(image), 0, 65535).astype(np.uint32)
-    gray = ((samples + 128) // 257).astype(np.uint8)
+    gray = (samples >> 8).astype(np.uint8)
     return np.repeat(gray[..., None], 3, axis=2)
 
 

@@ -16,6 +16,7 @@ from .errors import FailedPrecondition, InvalidArgument
 
 __all__ = [
     "FrameLimits",
+    "ResponseBudget",
     "embedding_dtype",
     "frames_need_work",
     "frames_to_model_input",
@@ -37,6 +38,34 @@ class FrameLimits:
     max_frames: int = 4096
     max_side: int = 4096
     max_image_pixels: int = 16_000_000
+
+
+@dataclass(frozen=True)
+class ResponseBudget:
+    """Whether a response fits in one gRPC message, checked before any work: a response over the
+    limit would fail in the transport after the model ran, and end a stream with all its envs."""
+
+    max_message_bytes: int
+    embedding_size: int
+    state_bytes: int  # one env's state tensors
+
+    # Field tags, lengths, shapes and the weights hash around the arrays: generous on purpose.
+    OVERHEAD_BYTES = 1024
+    PER_STATE_OVERHEAD_BYTES = 256
+    PER_EMBEDDING_OVERHEAD_BYTES = 10  # an env id (varint)
+
+    def check(self, embeddings: int, dtype: pb.DType, states: int, fix: str) -> None:
+        per_embedding = self.embedding_size * WIRE_DTYPES[dtype].itemsize + self.PER_EMBEDDING_OVERHEAD_BYTES
+        size = (
+            self.OVERHEAD_BYTES
+            + embeddings * per_embedding
+            + states * (self.state_bytes + self.PER_STATE_OVERHEAD_BYTES)
+        )
+        if size > self.max_message_bytes:
+            raise InvalidArgument(
+                f"the response ({embeddings} embeddings, {states} states) would take about {size} bytes, "
+                f"over the server's message limit of {self.max_message_bytes} bytes; {fix}"
+            )
 
 
 def frames_need_work(frames: pb.Frames, spec: InputSpec) -> bool:
@@ -135,8 +164,8 @@ def state_from_proto(
     """State -> per-env arrays, refusing state of another model or of the wrong shapes."""
     if state.weights_hash != weights_hash:
         raise FailedPrecondition(
-            f"state comes from model {state.weights_hash[:12] or '<none>'}, this server serves "
-            f"{weights_hash[:12]}; start from zero state (leave it unset) or use the right server"
+            f"state comes from model {state.weights_hash or '<none>'}, this server serves "
+            f"{weights_hash}; start from zero state (leave it unset) or use the right server"
         )
     expected = {s.name for s in specs}
     if set(state.tensors) != expected:

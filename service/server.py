@@ -114,6 +114,7 @@ async def create_server(settings: ServerSettings, model: InferenceModel) -> Runn
         ),
         stream_idle_timeout=settings.stream_idle_timeout_s,
         default_deadline=settings.default_deadline_s,
+        max_message_bytes=settings.max_message_bytes,
     )
     credentials = server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
     # Metrics outermost, so calls the token check or the drain gate refuses are counted too; the

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import wraps
@@ -27,6 +28,7 @@ from vidlstm.wire import tensor_to_proto
 from .batcher import Batcher
 from .convert import (
     FrameLimits,
+    ResponseBudget,
     embedding_dtype,
     frames_need_work,
     frames_to_model_input,
@@ -80,6 +82,7 @@ class EncoderServicer(pb_grpc.EncoderServicer):
         video: VideoLimits,
         stream_idle_timeout: float,
         default_deadline: float,
+        max_message_bytes: int,
     ) -> None:
         self.model = model
         self.batcher = batcher
@@ -90,6 +93,11 @@ class EncoderServicer(pb_grpc.EncoderServicer):
         self._info = model_info(model, max_batch_size=batcher.max_batch_size)
         self._input_spec = model.model.spec.input
         self._state_specs = model.state_specs
+        self._responses = ResponseBudget(
+            max_message_bytes,
+            model.model.out_size,
+            sum(math.prod(s.shape) * s.numpy_dtype.itemsize for s in self._state_specs),
+        )
         self._decoders = ThreadPoolExecutor(2, thread_name_prefix="vidlstm-decode")
         self.video = VideoService(model, batcher, streams.pool, self._decoders, video)
         self._reaper: asyncio.Task[None] | None = None
@@ -120,6 +128,12 @@ class EncoderServicer(pb_grpc.EncoderServicer):
         if not request.sequences:
             raise InvalidArgument("no sequences: send at least one Sequence with frames")
         dtype = embedding_dtype(request.embedding_dtype)
+        capacity = self.streams.pool.capacity
+        if len(request.sequences) > capacity:
+            raise InvalidArgument(
+                f"{len(request.sequences)} sequences in one call; each holds one of the server's "
+                f"{capacity} state slots (--state-capacity) while it runs: split the call"
+            )
         jobs = []
         total = 0
         for index, sequence in enumerate(request.sequences):
@@ -132,6 +146,8 @@ class EncoderServicer(pb_grpc.EncoderServicer):
                 sequence.initial_state if sequence.HasField("initial_state") else None
             )
             jobs.append(Job(frames[:, None], [], starts[:, None], install_state=_batch_of([initial])))
+        states = len(jobs) if request.return_state else 0
+        self._responses.check(total, dtype, states, "send fewer frames per call")
         slots = self.streams.pool.allocate(len(jobs))
         try:
             for job, slot in zip(jobs, slots, strict=True):
@@ -223,7 +239,7 @@ class EncoderServicer(pb_grpc.EncoderServicer):
         """Checks a stream request completely, then binds its envs: a refused request changes nothing.
         Returns the job and the envs it bound anew (their zero state is installed by the job)."""
         env_ids = list(request.env_ids)
-        embedding_dtype(request.embedding_dtype)
+        dtype = embedding_dtype(request.embedding_dtype)
         frames = None
         if request.HasField("frames"):
             frames = await self._prepare(request.frames)
@@ -243,6 +259,9 @@ class EncoderServicer(pb_grpc.EncoderServicer):
             raise InvalidArgument(f"return_state_env_ids {missing} name envs this stream has not stepped")
         if len(set(request.return_state_env_ids)) != len(request.return_state_env_ids):
             raise InvalidArgument("return_state_env_ids must be unique")
+        self._responses.check(
+            len(env_ids), dtype, len(request.return_state_env_ids), "step or read fewer envs per message"
+        )
         new_envs = self.streams.bind(stream, env_ids + list(installs))
         for env in new_envs:
             installs.setdefault(env, self._state_or_zeros(None))

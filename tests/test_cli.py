@@ -115,3 +115,20 @@ def _png() -> bytes:
     buffer = io.BytesIO()
     Image.new("L", (84, 84), 77).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def test_bad_client_options_are_usage_errors(tmp_path: Path) -> None:
+    """Half a TLS configuration, a missing PEM file or a timeout that is not positive: exit 2 with a
+    message, never a traceback."""
+    cert = tmp_path / "client.pem"
+    cert.write_text("not a certificate")
+    for args, message in [
+        (["--tls-cert", str(cert)], "TLS options: a client certificate needs both cert and key"),
+        (["--tls-ca", str(tmp_path / "missing.pem")], "TLS options: [Errno 2] No such file or directory"),
+        (["--timeout", "-1"], "--timeout: must be a positive number of seconds, got '-1'"),
+    ]:
+        for command in ("health", "info"):
+            result = _run(command, "--server", "127.0.0.1:1", *args)
+            assert result.returncode == 2, (command, args, result.stderr)
+            assert message in result.stderr
+            assert "Traceback" not in result.stderr

@@ -24,10 +24,9 @@ RNG = np.random.default_rng(7)
 GRAY = RNG.integers(0, 256, (4, 6), dtype=np.uint8)
 COLOUR = RNG.integers(0, 256, (4, 6, 3), dtype=np.uint8)
 ALPHA = np.tile(np.array([0, 1, 128, 255, 0, 77], np.uint8), (4, 1))
-# 16-bit samples and what round(x / 257) makes of them; 33024 is where the high byte (129) differs.
-SIXTEEN = np.tile(np.array([0, 128, 129, 257 * 100, 33024, 65535], np.uint16), (4, 1))
-SIXTEEN_AS_8 = np.tile(np.array([0, 0, 1, 100, 128, 255], np.uint8), (4, 1))
-HIGH_BYTE = (SIXTEEN >> 8).astype(np.uint8)
+# 16-bit samples and their high byte, the one rule for every 16-bit PNG, gray or colour.
+SIXTEEN = np.tile(np.array([0, 128, 255, 256, 257 * 100, 33024, 65535], np.uint16), (4, 1))
+HIGH_BYTE = np.tile(np.array([0, 0, 0, 1, 100, 129, 255], np.uint8), (4, 1))
 PALETTE = np.array([[0, 0, 0], [200, 10, 20], [5, 6, 7]], np.uint8)
 INDICES = RNG.integers(0, 3, (4, 6), dtype=np.uint8)
 BITS = RNG.integers(0, 2, (4, 6)).astype(bool)
@@ -74,7 +73,7 @@ def _palette_image(**info: object) -> bytes:
 
 
 def _sixteen_bit_gray_big_endian() -> bytes:
-    return _saved(Image.frombytes("I;16B", (6, 4), SIXTEEN.astype(">u2").tobytes()))
+    return _saved(Image.frombytes("I;16B", (7, 4), SIXTEEN.astype(">u2").tobytes()))
 
 
 def _exif(orientation: int) -> bytes:
@@ -105,20 +104,20 @@ PNG_CASES: dict[str, tuple[bytes, np.ndarray]] = {
     "P": (_palette_image(), PALETTE[INDICES]),
     "P with transparency dropped": (_palette_image(transparency=b"\xff\x00\x80"), PALETTE[INDICES]),
     "1 bilevel": (_saved(Image.fromarray(BITS)), _rgb(BITS.astype(np.uint8) * 255)),
-    "I;16 gray": (_saved(Image.fromarray(SIXTEEN)), _rgb(SIXTEEN_AS_8)),
-    "I;16B gray": (_sixteen_bit_gray_big_endian(), _rgb(SIXTEEN_AS_8)),
+    "I;16 gray": (_saved(Image.fromarray(SIXTEEN)), _rgb(HIGH_BYTE)),
+    "I;16B gray": (_sixteen_bit_gray_big_endian(), _rgb(HIGH_BYTE)),
     "interlaced L": (_png((6, 4), 8, 0, _filtered(GRAY, 8, interlaced=True), interlaced=True), _rgb(GRAY)),
     # Pillow itself keeps the high byte of 16-bit colour samples
     "48-bit RGB": (
-        _png((6, 4), 16, 2, _filtered(np.dstack([SIXTEEN, SIXTEEN[:, ::-1], SIXTEEN]), 16)),
+        _png((7, 4), 16, 2, _filtered(np.dstack([SIXTEEN, SIXTEEN[:, ::-1], SIXTEEN]), 16)),
         np.dstack([HIGH_BYTE, HIGH_BYTE[:, ::-1], HIGH_BYTE]),
     ),
     "64-bit RGBA alpha dropped": (
-        _png((6, 4), 16, 6, _filtered(np.dstack([SIXTEEN, SIXTEEN, SIXTEEN[:, ::-1], SIXTEEN]), 16)),
+        _png((7, 4), 16, 6, _filtered(np.dstack([SIXTEEN, SIXTEEN, SIXTEEN[:, ::-1], SIXTEEN]), 16)),
         np.dstack([HIGH_BYTE, HIGH_BYTE, HIGH_BYTE[:, ::-1]]),
     ),
     "32-bit gray + alpha dropped": (
-        _png((6, 4), 16, 4, _filtered(np.dstack([SIXTEEN, SIXTEEN[:, ::-1]]), 16)),
+        _png((7, 4), 16, 4, _filtered(np.dstack([SIXTEEN, SIXTEEN[:, ::-1]]), 16)),
         _rgb(HIGH_BYTE),
     ),
 }
@@ -157,16 +156,16 @@ def test_served_png_modes_embed_as_their_documented_pixels(server, model, case: 
 
 
 @pytest.mark.parametrize("mode", ["I;16", "I;16B", "I;16L"])
-def test_sixteen_bit_gray_rounds_x_over_257(mode: str) -> None:
+def test_sixteen_bit_gray_keeps_the_high_byte(mode: str) -> None:
     dtype = ">u2" if mode == "I;16B" else "<u2"
-    image = Image.frombytes(mode, (6, 4), SIXTEEN.astype(dtype).tobytes())
-    np.testing.assert_array_equal(image_to_rgb(image), _rgb(SIXTEEN_AS_8))
+    image = Image.frombytes(mode, (7, 4), SIXTEEN.astype(dtype).tobytes())
+    np.testing.assert_array_equal(image_to_rgb(image), _rgb(HIGH_BYTE))
 
 
 def test_32_bit_int_gray_is_read_as_16_bit_samples() -> None:
     """Mode I is how older Pillow opens 16-bit gray PNGs; values outside 16 bits are clipped."""
     image = Image.fromarray(np.array([[-5, 0, 129, 257 * 100, 65535, 70000]], np.int32))
-    np.testing.assert_array_equal(image_to_rgb(image), _rgb(np.array([[0, 0, 1, 100, 255, 255]], np.uint8)))
+    np.testing.assert_array_equal(image_to_rgb(image), _rgb(np.array([[0, 0, 0, 100, 255, 255]], np.uint8)))
 
 
 def test_ycbcr_converts_to_rgb() -> None:

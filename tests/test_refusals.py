@@ -33,7 +33,7 @@ BUSY_FRAMES = np.zeros((4096, 84, 84, 1), np.uint8)
 
 
 async def keep_model_busy(address: str, calls: int) -> None:
-    """`calls` long Encode calls, two at a time: one on the model, one queued behind it."""
+    """`calls` long Encode calls from two callers back to back: one on the model, one queued."""
 
     async def accepted_call(client: AsyncEncoderClient) -> None:
         for _ in range(200):
@@ -44,11 +44,12 @@ async def keep_model_busy(address: str, calls: int) -> None:
                 await asyncio.sleep(0.05)
         raise AssertionError("the server refused a long call for 10 s")
 
-    async with AsyncEncoderClient(address, timeout=120) as client:
+    async def worker(client: AsyncEncoderClient) -> None:
         for _ in range(calls // 2):
-            running = asyncio.ensure_future(accepted_call(client))
-            await asyncio.sleep(0.1)  # on the model by now
-            await asyncio.gather(running, accepted_call(client))
+            await accepted_call(client)
+
+    async with AsyncEncoderClient(address, timeout=120) as client:
+        await asyncio.gather(worker(client), worker(client))
 
 
 CAPACITY = 32
@@ -96,7 +97,7 @@ def test_a_refused_first_step_leaves_no_state_behind(
             async with client.session(CAPACITY, pixel_format="GRAY") as warm:  # state in every slot
                 for frame in frames[:2]:
                     await warm.step(np.repeat(frame[None], CAPACITY, axis=0))
-            busy = asyncio.ensure_future(keep_model_busy(queue_of_one.address, 2))
+            busy = asyncio.ensure_future(keep_model_busy(queue_of_one.address, 4))
             retry = []
             while not busy.done() and len(retry) < 20:
                 env = next(env_ids)
@@ -203,3 +204,50 @@ def test_a_request_that_fits_an_idle_server_is_accepted(
                 [SequenceInput(sequences[0]), SequenceInput(np.zeros((1, 84, 84, 3), np.uint8))],
                 pixel_format="GRAY",
             )
+
+
+def test_a_response_over_the_message_limit_is_refused_before_any_work(model: InferenceModel) -> None:
+    """100 tiny frames ask for 100 embeddings (~100 KB) from a server limited to 64 KiB messages:
+    refused in-band before the model runs, and the stream's other envs go on as if it was never sent."""
+    running = ServerThread(ServerSettings(port=0, max_message_bytes=65536), model)
+    rng = np.random.default_rng(13)
+    frames = random_frames(rng, 3)
+    expected = reference_embeddings(model, frames)
+    try:
+        with grpc.insecure_channel(running.address) as channel:
+            stub = pb_grpc.EncoderStub(channel)
+            tiny = raw_frames(np.zeros((100, 2, 2, 1), np.uint8), "GRAY")
+            requests = [
+                pb.StreamRequest(frames=raw_frames(frames[:1], "GRAY"), env_ids=[0], request_id=1),
+                pb.StreamRequest(frames=tiny, env_ids=list(range(1, 101)), request_id=2),
+                pb.StreamRequest(frames=raw_frames(frames[1:2], "GRAY"), env_ids=[0], request_id=3),
+                pb.StreamRequest(frames=raw_frames(frames[2:], "GRAY"), env_ids=[0], request_id=4),
+            ]
+            replies = list(stub.EncodeStream(iter(requests), timeout=60))
+            with pytest.raises(grpc.RpcError) as raised:
+                stub.Encode(pb.EncodeRequest(sequences=[pb.Sequence(frames=tiny)]), timeout=60)
+    finally:
+        running.stop()
+    assert [r.request_id for r in replies] == [1, 2, 3, 4]
+    assert replies[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "over the server's message limit of 65536 bytes" in replies[1].error.message
+    assert [replies[i].error.message for i in (0, 2, 3)] == ["", "", ""]
+    got = [tensor_from_proto(replies[i].embeddings)[0] for i in (0, 2, 3)]
+    np.testing.assert_allclose(np.stack(got), expected, atol=1e-4, rtol=0)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "send fewer frames per call" in str(raised.value.details())
+
+
+def test_more_sequences_than_state_slots_is_refused_as_unsplittable(model: InferenceModel) -> None:
+    """A call that can never fit (one slot per sequence) is INVALID_ARGUMENT with the fix, not a
+    RESOURCE_EXHAUSTED that retrying never helps."""
+    running = ServerThread(ServerSettings(port=0, state_capacity=4), model)
+    frames = random_frames(np.random.default_rng(2), 1)
+    try:
+        with EncoderClient(running.address) as client:
+            four = client.encode_many([SequenceInput(frames)] * 4, pixel_format="GRAY")
+            with pytest.raises(InvalidInputError, match=r"5 sequences in one call; each holds one of the "):
+                client.encode_many([SequenceInput(frames)] * 5, pixel_format="GRAY")
+    finally:
+        running.stop()
+    assert len(four) == 4

@@ -70,16 +70,16 @@ def encode_video_main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         inputs = expand_inputs(args.inputs)
-        backend = _backend(args)
+        backend = _backend(args, parser)
     except (InputError, VidlstmError, OSError, ValueError) as error:
         parser.exit(2, f"vidlstm encode-video: {error}\n")
     options = RunOptions(args.out, args.format, selection, args.save_state, args.quiet)
     return run(inputs, backend, options)
 
 
-def _backend(args: argparse.Namespace) -> Backend:
+def _backend(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Backend:
     if args.server:
-        return RemoteBackend(client_from_args(args))
+        return RemoteBackend(client_from_args(args, parser))
     from vidlstm.service import ServerSettings, load_inference_model
 
     settings = ServerSettings(model=args.model, spec=args.spec, device=args.device, threads=args.threads)
