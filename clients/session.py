@@ -56,8 +56,13 @@ class _SessionBase:
             set_states=self._pending_states,
             return_states=returns,
         )
-        self._pending_states = {}
         return request
+
+    def _accepted(self, reply: StepReply) -> StepReply:
+        """States set with `set_state` stay pending until a step that carried them is accepted: a
+        refused step installs nothing, so the next one must carry them again."""
+        self._pending_states = {}
+        return reply
 
     def _result(self, reply: StepReply) -> np.ndarray:
         return reply.embeddings[0] if self.config.num_envs is None else reply.embeddings
@@ -97,7 +102,7 @@ class Session(_SessionBase):
         except StopIteration:
             self._closed = True
             raise StreamClosedError("the server ended the stream") from None
-        return read_reply(response)
+        return self._accepted(read_reply(response))
 
     def close(self) -> None:
         if not self._closed:
@@ -147,7 +152,7 @@ class AsyncSession(_SessionBase):
             raise error_for(
                 await self._call.code(), await self._call.details() or "the server ended the stream"
             )
-        return read_reply(response)
+        return self._accepted(read_reply(response))
 
     async def close(self) -> None:
         if not self._closed:

@@ -237,3 +237,39 @@ def test_expired_calls_are_dropped_before_the_model(server: ServerThread) -> Non
     assert all(isinstance(o, DeadlineExceededError) for o in outcomes), outcomes
     assert wait_until(lambda: stats.dropped_cancelled - dropped_before == 5)
     assert wait_until(lambda: server.servicer.live_envs == 0)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_state_set_before_a_refused_step_is_installed_by_the_next(
+    server: ServerThread, model: InferenceModel, asynchronous: bool
+) -> None:
+    """A refused step installs nothing, so the session sends the state again with the next step."""
+    rng = np.random.default_rng(17)
+    frames = random_frames(rng, 6)
+    starts = np.zeros(6, bool)
+    starts[0] = True
+    expected = step_loop(model, frames, starts)
+    bad_frame = np.zeros((84, 84, 3), np.uint8)  # RGB-shaped on a GRAY session: refused
+
+    async def moved_async(state: object) -> np.ndarray:
+        async with (
+            AsyncEncoderClient(server.address) as client,
+            client.session(pixel_format="GRAY", initial_states={0: state}) as session,
+        ):
+            with pytest.raises(InvalidInputError):
+                await session.step(bad_frame)
+            return await session.step(frames[4])
+
+    with EncoderClient(server.address) as client:
+        with client.session(pixel_format="GRAY") as first:
+            for t in range(4):
+                first.step(frames[t], starts[t])
+            state = first.get_state()
+        if asynchronous:
+            moved = asyncio.run(moved_async(state))
+        else:
+            with client.session(pixel_format="GRAY", initial_states={0: state}) as session:
+                with pytest.raises(InvalidInputError):
+                    session.step(bad_frame)
+                moved = session.step(frames[4])
+    np.testing.assert_allclose(moved, expected[4], atol=1e-4, rtol=0)
