@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 ARGS ?=
 
-.PHONY: install run test lint typecheck unit proto bench container-test clean
+.PHONY: install run test lint typecheck unit stateful proto bench container-test clean
 
 install: $(STAMP)
 
@@ -35,6 +35,9 @@ typecheck: install  ## mypy over the package as installed: vidlstm/ plus models/
 
 unit: install
 	$(BIN)/python -m pytest $(ARGS)
+
+stateful: install  ## a long run of the stateful server test (make test runs 10 examples)
+	VIDLSTM_STATEFUL_EXAMPLES=$${VIDLSTM_STATEFUL_EXAMPLES:-300} $(BIN)/python -m pytest tests/test_stateful.py -p no:cacheprovider --timeout 0
 
 proto: install  ## regenerate vidlstm/v1 stubs from proto/
 	$(BIN)/python proto/generate.py

@@ -47,7 +47,9 @@ class ServerSettings(BaseSettings):
         0.0, ge=0, description="how long a batch may wait for more frames once the model is free"
     )
     max_queued_jobs: Positive = Field(
-        4096, description="requests waiting for the model before new ones get RESOURCE_EXHAUSTED"
+        4096,
+        description="requests waiting for the model before new ones get RESOURCE_EXHAUSTED (an Encode "
+        "call, a stream message or a video chunk is one request, whatever its size)",
     )
     max_streams: Positive = Field(1024, description="open EncodeStream calls at once")
     max_streams_per_client: Positive = Field(
