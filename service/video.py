@@ -187,9 +187,9 @@ class VideoService:
                 frames=frames, width=info.width, height=info.height, fps=info.fps, codec=info.codec
             )
             if options.return_state:
-                states = (
-                    await self.batcher.submit(Job(None, [], np.zeros((1, 0), bool), read_slots=slot))
-                ).states
+                # With no frames sampled, nothing installed the zero state yet: this job does.
+                read = Job(None, [], np.zeros((1, 0), bool), slot if install else [], install, read_slots=slot)
+                states = (await self.batcher.submit(read)).states
                 assert states is not None
                 summary.final_state.CopyFrom(
                     state_to_proto({k: v[:, 0] for k, v in states.items()}, self.model.weights_hash)

@@ -131,6 +131,24 @@ def test_video_rpc_answers_in_chunks_with_a_summary(
     assert video_server.servicer.live_envs == 0
 
 
+def test_a_video_with_no_frames_selected_returns_zero_state(
+    videos: dict[str, Path], video_server: ServerThread
+) -> None:
+    """Nothing sampled (the video ends before `start_s`): no embeddings and the zero state, never the
+    state a reused slot's previous owner left."""
+    with EncoderClient(video_server.address) as client:
+        list(client.encode_video("h264.mp4", server_path=True))  # leaves state in a slot it releases
+        parts = list(
+            client.encode_video("h264.mp4", FrameSelection(start_s=3600), server_path=True, return_state=True)
+        )
+    assert [len(p.embeddings) for p in parts[:-1]] == []
+    assert parts[-1].summary is not None
+    assert parts[-1].summary.frames == 0
+    assert parts[-1].final_state is not None
+    for tensor in parts[-1].final_state.tensors.values():
+        np.testing.assert_array_equal(tensor, np.zeros_like(tensor))
+
+
 @pytest.mark.parametrize(
     ("path", "code", "message"),
     [
