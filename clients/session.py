@@ -22,7 +22,7 @@ import numpy as np
 from vidlstm.v1 import encoder_pb2 as pb
 from vidlstm.v1 import encoder_pb2_grpc as pb_grpc
 
-from .errors import StreamClosedError, error_for, from_rpc_error
+from .errors import ModelMismatchError, StreamClosedError, error_for, from_rpc_error
 from .state import RecurrentState
 from .stream_messages import SessionConfig, StepReply, read_reply, step_request
 
@@ -58,9 +58,15 @@ class _SessionBase:
         )
         return request
 
-    def _accepted(self, reply: StepReply) -> StepReply:
+    def _answered(self, response: pb.StreamResponse) -> StepReply:
         """States set with `set_state` stay pending until a step that carried them is accepted: a
-        refused step installs nothing, so the next one must carry them again."""
+        refused step installs nothing, so the next one carries them again. A state refused as another
+        model's is dropped: sent again, it would be refused again."""
+        try:
+            reply = read_reply(response)
+        except ModelMismatchError:
+            self._pending_states = {}
+            raise
         self._pending_states = {}
         return reply
 
@@ -102,7 +108,7 @@ class Session(_SessionBase):
         except StopIteration:
             self._closed = True
             raise StreamClosedError("the server ended the stream") from None
-        return self._accepted(read_reply(response))
+        return self._answered(response)
 
     def close(self) -> None:
         if not self._closed:
@@ -152,7 +158,7 @@ class AsyncSession(_SessionBase):
             raise error_for(
                 await self._call.code(), await self._call.details() or "the server ended the stream"
             )
-        return self._accepted(read_reply(response))
+        return self._answered(response)
 
     async def close(self) -> None:
         if not self._closed:
