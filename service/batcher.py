@@ -87,9 +87,10 @@ class Batcher:
         The queue limit counts requests, not jobs: a request is admitted whole or refused whole
         (nothing queued), so a request that fits an idle server is always accepted.
         """
-        if self._queue.qsize() >= self.max_queued_jobs:
+        waiting = self._queue.qsize() + (self._carry is not None)  # the carry waits for the next batch
+        if waiting >= self.max_queued_jobs:
             raise ResourceExhausted(
-                f"server busy: {self._queue.qsize()} requests queued (limit {self.max_queued_jobs}); "
+                f"server busy: {waiting} requests queued (limit {self.max_queued_jobs}); "
                 "retry with backoff"
             )
         future: asyncio.Future[list[JobResult]] = asyncio.get_running_loop().create_future()

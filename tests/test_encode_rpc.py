@@ -14,6 +14,9 @@ from PIL import Image
 
 from vidlstm.clients import EncoderClient, SequenceInput
 from vidlstm.models import InferenceModel, PixelFormat
+from vidlstm.v1 import encoder_pb2 as pb
+from vidlstm.v1 import encoder_pb2_grpc as pb_grpc
+from vidlstm.wire import raw_frames
 
 
 @pytest.fixture
@@ -94,3 +97,28 @@ def test_health_says_serving_and_reflection_lists_the_service(server: ServerThre
         response = next(iter(reflection.ServerReflectionInfo(iter([request]), timeout=5)))
         names = {s.name for s in response.list_services_response.service}
         assert {"vidlstm.v1.Encoder", "grpc.health.v1.Health"} <= names
+
+
+def test_tensors_on_the_wire_are_little_endian_row_major(
+    server: ServerThread, model: InferenceModel, rng
+) -> None:
+    """Read with an explicit '<f4' and the shape, as a client in another language would."""
+    frames = random_frames(rng, 3)
+    request = pb.EncodeRequest(sequences=[pb.Sequence(frames=raw_frames(frames, "GRAY"))], return_state=True)
+    with grpc.insecure_channel(server.address) as channel:
+        response = pb_grpc.EncoderStub(channel).Encode(request, timeout=30)
+    tensor = response.results[0].embeddings
+    assert (list(tensor.shape), tensor.dtype) == ([3, 256], pb.FLOAT32)
+    embeddings = np.frombuffer(tensor.data, dtype="<f4").reshape(3, 256)
+    np.testing.assert_allclose(embeddings, reference_embeddings(model, frames), atol=1e-5, rtol=0)
+    h = response.results[0].final_state.tensors["h"]
+    assert np.frombuffer(h.data, dtype="<f4").reshape(list(h.shape)).shape == (1, 256)
+
+
+def test_env_ids_must_be_unique_in_a_stream_request(server: ServerThread) -> None:
+    frames = raw_frames(np.zeros((2, 84, 84, 1), np.uint8), "GRAY")
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.EncoderStub(channel)
+        (reply,) = stub.EncodeStream(iter([pb.StreamRequest(frames=frames, env_ids=[3, 3])]), timeout=30)
+    assert reply.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert reply.error.message == "env_ids must be unique within a request, got [3, 3]"

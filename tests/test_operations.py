@@ -145,3 +145,20 @@ def _local_count(replica: ServerThread, method: str) -> float:
     labels = {"grpc_type": "unary" if method == "Encode" else "bidi_stream"}
     labels |= {"grpc_service": "vidlstm.v1.Encoder", "grpc_method": method}
     return replica.running.metrics.registry.get_sample_value("grpc_server_started_total", labels) or 0.0
+
+
+def test_a_stream_still_open_when_the_grace_period_ends_is_cancelled(rng) -> None:
+    """The drain waits at most --grace-period-s: then the open stream ends and the process exits 0."""
+    running = ServeProcess("--grace-period-s", "1")
+    try:
+        with running.client() as client, client.session(pixel_format="GRAY") as session:
+            session.step(random_frames(rng, 1)[0])
+            signalled = time.monotonic()
+            running.process.send_signal(signal.SIGTERM)
+            assert running.process.wait(30) == 0
+            exited_after = time.monotonic() - signalled
+            with pytest.raises(ServerUnavailableError):
+                session.step(random_frames(rng, 1)[0])
+    finally:
+        running.close()
+    assert 1.0 <= exited_after < 15, exited_after

@@ -25,7 +25,7 @@ from videos import decode_reference, write_video
 from vidlstm.batch.cli import encode_video_main
 from vidlstm.batch.inputs import InputError, expand_inputs
 from vidlstm.clients import EncoderClient, FrameSelection, VidlstmError
-from vidlstm.models import InferenceModel, PixelFormat
+from vidlstm.models import InferenceModel, PixelFormat, prepare_frames
 from vidlstm.models.video import Sampling, VideoError, decode_video
 from vidlstm.service import ServerSettings
 from vidlstm.v1 import encoder_pb2 as pb
@@ -502,3 +502,17 @@ def test_rerun_encodes_a_changed_source_again(model: InferenceModel, tmp_path: P
     second = _saved_embeddings(out, "clip.mp4", "npz")
     assert (len(first), len(second)) == (8, 12)
     np.testing.assert_allclose(second, _expected(model, source), atol=1e-4, rtol=0)
+
+
+def test_save_state_writes_the_final_lstm_state(
+    videos: dict[str, Path], model: InferenceModel, tmp_path: Path
+) -> None:
+    """`--save-state`: `state_h`/`state_c` are the in-process model's state after the last frame."""
+    path = videos["h264"]
+    assert _encode_cli(str(path), "--out", str(tmp_path), "--save-state") == 0
+    frames, _, _ = _decoded(path)
+    prepared = prepare_frames(frames, PixelFormat.RGB, model.model.spec.input)
+    _, state = model.encode(prepared[:, None])
+    with np.load(tmp_path / f"{path.name}.npz") as saved:
+        for name in ("h", "c"):
+            np.testing.assert_allclose(saved[f"state_{name}"], state[name][:, 0].numpy(), atol=1e-4, rtol=0)
