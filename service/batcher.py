@@ -90,8 +90,7 @@ class Batcher:
         waiting = self._queue.qsize() + (self._carry is not None)  # the carry waits for the next batch
         if waiting >= self.max_queued_jobs:
             raise ResourceExhausted(
-                f"server busy: {waiting} requests queued (limit {self.max_queued_jobs}); "
-                "retry with backoff"
+                f"server busy: {waiting} requests queued (limit {self.max_queued_jobs}); retry with backoff"
             )
         future: asyncio.Future[list[JobResult]] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(jobs, future, time.perf_counter()))

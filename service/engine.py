@@ -17,12 +17,17 @@ from vidlstm.models import InferenceModel, State
 
 from .pool import StatePool
 
-__all__ = ["BatchEngine", "Job", "JobResult"]
+__all__ = ["BatchEngine", "Job", "JobResult", "PerEnvState", "batch_of"]
 
 
-@dataclass
+PerEnvState = dict[str, np.ndarray]  # one env's state tensors, without the batch dimension
+
+
+@dataclass(frozen=True)
 class Job:
-    """frames uint8 [T, n, C, H, W] (None for a state-only job), episode_start bool [T, n]."""
+    """frames uint8 [T, n, C, H, W] (None for a state-only job) of the n envs in `slots`,
+    episode_start bool [T, n]; state to install first, slots whose state to read back after.
+    Built by the named constructors, never changed after."""
 
     frames: np.ndarray | None
     slots: list[int]
@@ -31,9 +36,46 @@ class Job:
     install_state: dict[str, np.ndarray] = field(default_factory=dict)  # [.., m, ..] per name
     read_slots: list[int] = field(default_factory=list)
 
+    @classmethod
+    def sequence(
+        cls,
+        frames: np.ndarray,
+        slot: int,
+        episode_start: np.ndarray,
+        initial_state: PerEnvState | None,
+        *,
+        read_back: bool = False,
+    ) -> Job:
+        """One env's frames [T, C, H, W] with episode_start [T], from `initial_state` (None: from the
+        state its slot holds, as the next chunk of a video)."""
+        installs = {} if initial_state is None else {slot: initial_state}
+        reads = [slot] if read_back else []
+        return cls.step(frames[:, None], [slot], episode_start[:, None], installs, reads)
+
+    @classmethod
+    def step(
+        cls,
+        frames: np.ndarray | None,
+        slots: list[int],
+        episode_start: np.ndarray,
+        installs: dict[int, PerEnvState],
+        read_slots: list[int],
+    ) -> Job:
+        """Frames [T, n, C, H, W] (None: only install and read) of the envs in `slots`; `installs`
+        maps slots to the state written before the step."""
+        install_state = batch_of(list(installs.values()))
+        return cls(frames, slots, episode_start, list(installs), install_state, read_slots)
+
     @property
     def frame_count(self) -> int:
         return 0 if self.frames is None else self.frames.shape[0] * self.frames.shape[1]
+
+
+def batch_of(states: list[PerEnvState]) -> dict[str, np.ndarray]:
+    """Per-env states -> one state with the batch on dimension 1 (the pool's layout)."""
+    if not states:
+        return {}
+    return {name: np.stack([state[name] for state in states], axis=1) for name in states[0]}
 
 
 @dataclass

@@ -134,7 +134,7 @@ class EncoderServicer(pb_grpc.EncoderServicer):
                 f"{len(request.sequences)} sequences in one call; each holds one of the server's "
                 f"{capacity} state slots (--state-capacity) while it runs: split the call"
             )
-        jobs = []
+        sequences = []
         total = 0
         for index, sequence in enumerate(request.sequences):
             frames = await self._prepare(sequence.frames)
@@ -145,14 +145,15 @@ class EncoderServicer(pb_grpc.EncoderServicer):
             initial = self._state_or_zeros(
                 sequence.initial_state if sequence.HasField("initial_state") else None
             )
-            jobs.append(Job(frames[:, None], [], starts[:, None], install_state=_batch_of([initial])))
-        states = len(jobs) if request.return_state else 0
+            sequences.append((frames, starts, initial))
+        states = len(sequences) if request.return_state else 0
         self._responses.check(total, dtype, states, "send fewer frames per call")
-        slots = self.streams.pool.allocate(len(jobs))
+        slots = self.streams.pool.allocate(len(sequences))
         try:
-            for job, slot in zip(jobs, slots, strict=True):
-                job.slots = job.install_slots = [slot]
-                job.read_slots = [slot] if request.return_state else []
+            jobs = [
+                Job.sequence(frames, slot, starts, initial, read_back=request.return_state)
+                for (frames, starts, initial), slot in zip(sequences, slots, strict=True)
+            ]
             results = await self.batcher.submit_request(jobs)
         finally:
             self.streams.pool.release(slots)
@@ -265,14 +266,13 @@ class EncoderServicer(pb_grpc.EncoderServicer):
         new_envs = self.streams.bind(stream, env_ids + list(installs))
         for env in new_envs:
             installs.setdefault(env, self._state_or_zeros(None))
-        install_ids = list(installs)
-        job = Job(
+        install_slots = self.streams.slots_of(stream, list(installs))
+        job = Job.step(
             None if frames is None else frames[None],
             self.streams.slots_of(stream, env_ids),
             starts[None],
-            install_slots=self.streams.slots_of(stream, install_ids),
-            install_state=_batch_of([installs[e] for e in install_ids]),
-            read_slots=self.streams.slots_of(stream, list(request.return_state_env_ids)),
+            dict(zip(install_slots, installs.values(), strict=True)),
+            self.streams.slots_of(stream, list(request.return_state_env_ids)),
         )
         return job, new_envs
 
@@ -299,13 +299,6 @@ def _episode_starts(values: Any, count: int, where: str) -> np.ndarray:
     if len(values) not in (0, count):
         raise InvalidArgument(f"{where}: episode_start has {len(values)} values for {count} frames")
     return np.array(values, dtype=bool) if len(values) else np.zeros(count, dtype=bool)
-
-
-def _batch_of(states: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Per-env states -> one state with the batch on dimension 1 (the pool's layout)."""
-    if not states:
-        return {}
-    return {name: np.stack([state[name] for state in states], axis=1) for name in states[0]}
 
 
 def _client_key(context: grpc.aio.ServicerContext[Any, Any]) -> str:

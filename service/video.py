@@ -22,7 +22,7 @@ from vidlstm.wire import WIRE_DTYPES, tensor_to_proto
 
 from .batcher import Batcher
 from .convert import embedding_dtype, state_to_proto
-from .engine import Job
+from .engine import Job, PerEnvState
 from .errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -165,17 +165,16 @@ class VideoService:
             backend=self.limits.decoder,
             threads=self.limits.decoder_threads,
         )
-        slot = self.pool.allocate(1)
+        (slot,) = self.pool.allocate(1)
         try:
             frames = 0
-            install = {  # the video starts from zero state, installed with its first chunk
-                s.name: np.zeros((s.shape[0], 1, *s.shape[1:]), s.numpy_dtype) for s in self.model.state_specs
-            }
+            # The video starts from zero state, installed with its first chunk.
+            specs = self.model.state_specs
+            zero: PerEnvState | None = {s.name: np.zeros(s.shape, s.numpy_dtype) for s in specs}
             while (chunk := await loop.run_in_executor(self.decoders, _next_chunk, chunks, path)) is not None:
-                job = Job(chunk.frames[:, None], slot, np.zeros((len(chunk.frames), 1), bool))
-                job.install_slots, job.install_state = (slot, install) if install else ([], {})
-                install = {}
-                result = await self.batcher.submit(job)
+                starts = np.zeros(len(chunk.frames), bool)
+                result = await self.batcher.submit(Job.sequence(chunk.frames, slot, starts, zero))
+                zero = None
                 assert result.embeddings is not None
                 frames += len(chunk.frames)
                 yield pb.VideoResponse(
@@ -188,7 +187,8 @@ class VideoService:
             )
             if options.return_state:
                 # With no frames sampled, nothing installed the zero state yet: this job does.
-                read = Job(None, [], np.zeros((1, 0), bool), slot if install else [], install, read_slots=slot)
+                installs = {} if zero is None else {slot: zero}
+                read = Job.step(None, [], np.zeros((1, 0), bool), installs, [slot])
                 states = (await self.batcher.submit(read)).states
                 assert states is not None
                 summary.final_state.CopyFrom(
@@ -196,7 +196,7 @@ class VideoService:
                 )
             yield pb.VideoResponse(summary=summary)
         finally:
-            self.pool.release(slot)
+            self.pool.release([slot])
 
 
 def _next_chunk(chunks: Iterator[FrameChunk], path: Path) -> FrameChunk | None:
