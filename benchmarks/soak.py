@@ -55,8 +55,8 @@ def server_process(connection: Connection) -> None:
             assert message == "stats"
             connection.send(
                 {
-                    "live_envs": running.servicer.live_envs,
-                    "live_streams": running.servicer.streams.live_streams,
+                    "live_envs": running.servicer.core.live_envs,
+                    "live_streams": running.servicer.core.live_streams,
                     "rss_mb": rss_mb(),
                     "batches": running.batcher.stats.batches,
                     "dropped_cancelled": running.batcher.stats.dropped_cancelled,

@@ -34,6 +34,7 @@ from .batcher import Batcher
 from .convert import FrameLimits
 from .drain import DrainGate
 from .engine import BatchEngine
+from .inference import InferenceCore
 from .metrics import Metrics, MetricsInterceptor, start_metrics_http
 from .pool import StatePool
 from .servicer import EncoderServicer
@@ -66,7 +67,7 @@ class RunningServer:
         await self.drain.wait_idle(grace or 0)
         await self.server.stop(0)
         await self.batcher.stop()
-        self.servicer.close()
+        self.servicer.core.close()
 
 
 def load_inference_model(settings: ServerSettings) -> InferenceModel:
@@ -98,11 +99,10 @@ async def create_server(settings: ServerSettings, model: InferenceModel) -> Runn
     )
     metrics.live_streams.set_function(lambda: streams.live_streams)
     metrics.live_envs.set_function(lambda: pool.live)
-    servicer = EncoderServicer(
+    core = InferenceCore(
         model,
         batcher,
         streams,
-        limits=FrameLimits(settings.max_frames_per_call, settings.max_frame_side, settings.max_image_pixels),
         video=VideoLimits(
             settings.video_root,
             settings.max_video_bytes,
@@ -113,8 +113,12 @@ async def create_server(settings: ServerSettings, model: InferenceModel) -> Runn
             max_message_bytes=settings.max_message_bytes,
         ),
         stream_idle_timeout=settings.stream_idle_timeout_s,
-        default_deadline=settings.default_deadline_s,
         max_message_bytes=settings.max_message_bytes,
+    )
+    servicer = EncoderServicer(
+        core,
+        limits=FrameLimits(settings.max_frames_per_call, settings.max_frame_side, settings.max_image_pixels),
+        default_deadline=settings.default_deadline_s,
     )
     credentials = server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
     # Metrics outermost, so calls the token check or the drain gate refuses are counted too; the
@@ -145,7 +149,7 @@ async def create_server(settings: ServerSettings, model: InferenceModel) -> Runn
     if port == 0:
         raise OSError(f"could not bind {settings.host}:{settings.port}")
     batcher.start()
-    servicer.start()
+    core.start()
     await server.start()
     for service in ("", SERVICE_NAME):
         await health.set(service, health_pb2.HealthCheckResponse.SERVING)

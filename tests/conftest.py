@@ -43,8 +43,14 @@ class ServerThread:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=60)
 
     @property
-    def servicer(self) -> Any:
-        return self.running.servicer
+    def live_envs(self) -> int:
+        """Envs whose state the server holds, as /metrics reports it (vidlstm_live_envs)."""
+        return int(self.running.metrics.registry.get_sample_value("vidlstm_live_envs") or 0)
+
+    @property
+    def live_streams(self) -> int:
+        """Open streams, as /metrics reports it (vidlstm_live_streams)."""
+        return int(self.running.metrics.registry.get_sample_value("vidlstm_live_streams") or 0)
 
     def stop(self) -> None:
         self.call(self.running.stop(0))

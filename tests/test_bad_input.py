@@ -155,4 +155,4 @@ def test_server_keeps_serving_after_bad_requests(
     with EncoderClient(server.address) as client:
         result = client.encode(frames, pixel_format="GRAY")
     np.testing.assert_allclose(result.embeddings, reference_embeddings(model, frames), atol=1e-5, rtol=0)
-    assert server.servicer.live_envs == 0
+    assert server.live_envs == 0

@@ -162,7 +162,7 @@ def test_server_still_correct_after_fuzzing(server: ServerThread, model: Inferen
         result = client.encode(frames_, pixel_format="GRAY")
     np.testing.assert_allclose(result.embeddings, reference_embeddings(model, frames_), atol=1e-5, rtol=0)
     deadline = time.monotonic() + 10
-    while server.servicer.live_envs and time.monotonic() < deadline:
+    while server.live_envs and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert server.servicer.live_envs == 0
-    assert server.servicer.streams.live_streams == 0
+    assert server.live_envs == 0
+    assert server.live_streams == 0

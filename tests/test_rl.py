@@ -86,7 +86,7 @@ def test_vector_wrapper_resets_state_where_the_new_episode_begins(
     for index, env in enumerate(inner):
         assert sum(first for _, first in env.history) > 1
         np.testing.assert_allclose(got[:, index], reference(model, env.history), atol=1e-4, rtol=0)
-    assert server.servicer.live_envs == 0
+    assert server.live_envs == 0
 
 
 def test_wrapper_survives_a_server_restart(model: InferenceModel) -> None:

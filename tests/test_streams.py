@@ -82,8 +82,8 @@ def test_32_concurrent_streams_match_a_plain_step_loop(server: ServerThread, mod
             np.testing.assert_allclose(got[:, env], expected, atol=1e-4, rtol=0)
     total_steps = 32 * steps
     assert server.running.batcher.stats.batches - batches_before < total_steps, "nothing was batched"
-    assert wait_until(lambda: server.servicer.live_envs == 0)
-    assert server.servicer.streams.live_streams == 0
+    assert wait_until(lambda: server.live_envs == 0)
+    assert server.live_streams == 0
 
 
 def test_state_moved_to_a_new_stream_continues_exactly(server: ServerThread, model: InferenceModel) -> None:
@@ -171,10 +171,10 @@ def test_client_killed_mid_stream_leaves_no_state(server: ServerThread) -> None:
     ) as process:
         assert process.stdout is not None
         assert process.stdout.readline().strip() == "stepped"
-        assert server.servicer.live_envs == 8
+        assert server.live_envs == 8
         process.kill()
-    assert wait_until(lambda: server.servicer.live_envs == 0), server.servicer.live_envs
-    assert server.servicer.streams.live_streams == 0
+    assert wait_until(lambda: server.live_envs == 0), server.live_envs
+    assert server.live_streams == 0
 
 
 @pytest.fixture
@@ -206,8 +206,8 @@ def test_stream_limits_give_resource_exhausted(small_server: ServerThread) -> No
 def test_idle_stream_is_closed_and_its_state_dropped(small_server: ServerThread) -> None:
     with EncoderClient(small_server.address) as client, client.session(3, pixel_format="GRAY") as session:
         session.step(np.zeros((3, 84, 84, 1), np.uint8))
-        assert small_server.servicer.live_envs == 3
-        assert wait_until(lambda: small_server.servicer.live_envs == 0, timeout=5)
+        assert small_server.live_envs == 3
+        assert wait_until(lambda: small_server.live_envs == 0, timeout=5)
         with pytest.raises(DeadlineExceededError, match=r"idle for more than 0\.5 s") as raised:
             session.step(np.zeros((3, 84, 84, 1), np.uint8))
         assert raised.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -242,7 +242,7 @@ def test_expired_calls_are_dropped_before_the_model(server: ServerThread) -> Non
     assert all(isinstance(o, DeadlineExceededError) for o in outcomes), outcomes
     # Expired while queued (dropped by the batcher) or before they were queued: none reached the model.
     assert frames_embedded() - frames_before == 2048
-    assert wait_until(lambda: server.servicer.live_envs == 0)
+    assert wait_until(lambda: server.live_envs == 0)
 
 
 @pytest.mark.parametrize("asynchronous", [False, True])

@@ -128,7 +128,7 @@ def test_video_rpc_answers_in_chunks_with_a_summary(
     assert (summary.frames, summary.width, summary.height, summary.codec) == (40, 96, 72, "h264")
     assert parts[-1].final_state is not None
     assert parts[-1].final_state.tensors["h"].shape == (1, 256)
-    assert video_server.servicer.live_envs == 0
+    assert video_server.live_envs == 0
 
 
 def test_a_video_with_no_frames_selected_returns_zero_state(
