@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import grpc
@@ -163,3 +165,30 @@ def test_half_a_tls_configuration_is_refused(pki: dict[str, Identity], model: In
     settings = ServerSettings(port=0, tls_cert=pki["server"].cert)
     with pytest.raises(ValueError, match="needs both --tls-cert and --tls-key"):
         asyncio.run(create_server(settings, model))  # refused before a port is bound: nothing to stop
+
+
+def test_without_tokens_streams_are_limited_per_peer_address(model: InferenceModel) -> None:
+    """No auth: every connection from one address counts as one client."""
+    with (
+        _server(model, max_streams_per_client=2) as running,
+        EncoderClient(running.address) as first,
+        EncoderClient(running.address) as second,  # another connection, the same address
+        first.session(pixel_format="GRAY") as one,
+        second.session(pixel_format="GRAY") as two,
+    ):
+        one.step(FRAME)
+        two.step(FRAME)
+        with (
+            first.session(pixel_format="GRAY") as three,
+            pytest.raises(ServerBusyError, match="this client has 2 streams open, the limit per client is 2"),
+        ):
+            three.step(FRAME)
+
+
+def test_health_command_over_tls(tls_server: ServerThread, pki: dict[str, Identity]) -> None:
+    """`vidlstm health --tls-ca`: the probe a TLS deployment uses instead of Kubernetes' plaintext one."""
+    command = [sys.executable, "-m", "vidlstm", "health", "--server", tls_server.address]
+    served = subprocess.run([*command, "--tls-ca", str(pki["ca"].cert)], capture_output=True, text=True)
+    assert (served.returncode, served.stdout.strip()) == (0, "SERVING"), served.stderr
+    plaintext = subprocess.run([*command, "--timeout", "3"], capture_output=True, text=True)
+    assert plaintext.returncode == 1

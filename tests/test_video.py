@@ -516,3 +516,33 @@ def test_save_state_writes_the_final_lstm_state(
     with np.load(tmp_path / f"{path.name}.npz") as saved:
         for name in ("h", "c"):
             np.testing.assert_allclose(saved[f"state_{name}"], state[name][:, 0].numpy(), atol=1e-4, rtol=0)
+
+
+def test_a_video_that_now_fails_loses_its_earlier_output(tmp_path: Path) -> None:
+    """A rerun after the source was damaged: `failed`, exit 1, and no stale output left behind."""
+    (tmp_path / "in").mkdir()
+    source = write_video(tmp_path / "in" / "clip.mp4", frames=20, width=64, height=48)
+    out = tmp_path / "out"
+    assert _encode_cli(str(source), "--out", str(out)) == 0
+    assert (out / "clip.mp4.npz").is_file()
+    data = source.read_bytes()
+    source.write_bytes(data[: len(data) // 2])
+    assert _encode_cli(str(source), "--out", str(out)) == 1
+    assert _records(out)["clip.mp4"]["status"] == "failed"
+    assert not (out / "clip.mp4.npz").exists()
+
+
+def test_outputs_named_without_the_extension_are_not_reused(tmp_path: Path) -> None:
+    """Outputs of earlier versions (`clip.npz`) are neither read nor overwritten: the video is encoded
+    again into `clip.mp4.npz`."""
+    (tmp_path / "in").mkdir()
+    source = write_video(tmp_path / "in" / "clip.mp4", frames=10, width=64, height=48)
+    out = tmp_path / "out"
+    out.mkdir()
+    old = out / "clip.npz"
+    old.write_bytes(b"an output of an earlier version")
+    assert _encode_cli(str(source), "--out", str(out)) == 0
+    assert _records(out)["clip.mp4"]["status"] == "ok"
+    assert old.read_bytes() == b"an output of an earlier version"
+    with np.load(out / "clip.mp4.npz") as saved:
+        assert saved["embeddings"].shape == (10, 256)
