@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import numpy as np
@@ -254,3 +254,31 @@ def test_more_sequences_than_state_slots_is_refused_as_unsplittable(model: Infer
     finally:
         running.stop()
     assert len(four) == 4
+
+
+def test_a_stream_message_over_the_message_limit_ends_the_stream(model: InferenceModel) -> None:
+    """gRPC refuses an oversized message before the server sees it: the stream ends, as documented."""
+    running = ServerThread(ServerSettings(port=0, max_message_bytes=65536), model)
+    big = raw_frames(np.zeros((10, 84, 84, 1), np.uint8), "GRAY")  # ~70 KB
+    small = raw_frames(np.zeros((1, 84, 84, 1), np.uint8), "GRAY")
+    try:
+        with grpc.insecure_channel(running.address) as channel:
+            requests = [
+                pb.StreamRequest(frames=small, env_ids=[0]),
+                pb.StreamRequest(frames=big, env_ids=[1]),
+            ]
+            replies = []
+            with pytest.raises(grpc.RpcError) as raised:
+                replies.extend(pb_grpc.EncoderStub(channel).EncodeStream(iter(requests), timeout=30))
+            assert wait_for(lambda: running.live_envs == 0)
+    finally:
+        running.stop()
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert len(replies) <= 1
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
