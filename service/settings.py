@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import DirectoryPath, Field, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -20,7 +20,7 @@ __all__ = ["ENV_PREFIX", "ServerSettings"]
 ENV_PREFIX = "VIDLSTM_"
 MiB = 1 << 20
 Positive = Annotated[int, Field(gt=0)]
-PositiveSeconds = Annotated[float, Field(gt=0)]
+PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
 class ServerSettings(BaseSettings):
@@ -44,7 +44,10 @@ class ServerSettings(BaseSettings):
     max_message_bytes: Positive = Field(64 * MiB, description="largest request or response message")
     max_batch_size: Positive = Field(256, description="most frames in one model call")
     max_queue_delay_ms: float = Field(
-        0.0, ge=0, description="how long a batch may wait for more frames once the model is free"
+        0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="how long a batch may wait for more frames once the model is free",
     )
     max_queued_jobs: Positive = Field(
         4096,
@@ -67,13 +70,13 @@ class ServerSettings(BaseSettings):
     max_image_pixels: Positive = Field(
         16_000_000, description="largest JPEG/PNG (width x height), checked before decoding"
     )
-    video_root: Path | None = Field(
+    video_root: DirectoryPath | None = Field(
         None, description="folder EncodeVideo may read files from (by relative path); unset: uploads only"
     )
     max_video_bytes: Positive = Field(2 << 30, description="largest video upload")
     video_chunk_frames: Positive = Field(128, description="frames per EncodeVideo response")
     decoder: Literal["pyav", "opencv"] = Field("pyav", description="video decoder (pyav: exact timestamps)")
-    decoder_threads: int = Field(0, ge=0, description="decoder threads per video (0: FFmpeg picks)")
+    decoder_threads: int = Field(0, ge=0, le=64, description="decoder threads per video (0: FFmpeg picks)")
     default_deadline_s: PositiveSeconds = Field(120.0, description="deadline for unary calls that set none")
     tls_cert: Path | None = Field(None, description="PEM certificate chain: serve TLS")
     tls_key: Path | None = Field(None, description="PEM private key for the TLS certificate")
@@ -85,7 +88,9 @@ class ServerSettings(BaseSettings):
     )
     # Never printed (repr=False); from the environment, comma-separated, or from auth_tokens_file.
     auth_tokens: Annotated[tuple[str, ...], NoDecode] = Field((), repr=False, validate_default=True)
-    grace_period_s: float = Field(10.0, ge=0, description="on SIGTERM, how long running calls may finish")
+    grace_period_s: float = Field(
+        10.0, ge=0, allow_inf_nan=False, description="on SIGTERM, how long running calls may finish"
+    )
     # Must stay below the clients' keepalive_s (30 s by default): pings closer than this on a
     # connection that sends nothing count as abuse, and the third closes it (GOAWAY too_many_pings).
     keepalive_min_ping_interval_s: PositiveSeconds = Field(

@@ -80,6 +80,13 @@ class VideoService:
         self.pool = pool
         self.decoders = decoders
         self.limits = limits
+        largest = self._largest_chunk(pb.FLOAT32)
+        if limits.chunk_frames > largest:
+            raise ValueError(
+                f"--video-chunk-frames {limits.chunk_frames}: responses would be larger than "
+                f"--max-message-bytes {limits.max_message_bytes}; use --video-chunk-frames <= {largest} "
+                "or raise --max-message-bytes"
+            )
 
     async def encode(self, requests: AsyncIterator[pb.VideoRequest]) -> AsyncIterator[pb.VideoResponse]:
         first = await anext(requests, None)
@@ -90,6 +97,8 @@ class VideoService:
         if first.path:
             if first.data:
                 raise InvalidArgument("send either a path or the video bytes, not both")
+            if await self._next_upload_chunk(requests) is not None:
+                raise InvalidArgument("a path request is one message; send video bytes only in uploads")
             async for response in self._encode_file(
                 resolve_under_root(self.limits.root, first.path), sampling, chunk_frames, dtype, first.options
             ):
@@ -105,15 +114,19 @@ class VideoService:
     def _chunk_frames(self, requested: int, dtype: pb.DType) -> int:
         """Frames per response; refused up front when such a response would not fit in a message."""
         chunk_frames = requested or self.limits.chunk_frames
-        # Per frame: the embedding, a double timestamp, an int64 index (a varint of up to 10 bytes).
-        frame_bytes = self.model.model.out_size * WIRE_DTYPES[dtype].itemsize + 8 + 10
-        largest = (self.limits.max_message_bytes - _RESPONSE_OVERHEAD_BYTES) // frame_bytes
+        largest = self._largest_chunk(dtype)  # >= 1: the server's default chunk was checked at start
         if chunk_frames > largest:
             raise InvalidArgument(
                 f"chunk_frames {chunk_frames} would make responses larger than the server's message "
                 f"limit of {self.limits.max_message_bytes} bytes; use chunk_frames <= {largest}"
             )
         return chunk_frames
+
+    def _largest_chunk(self, dtype: pb.DType) -> int:
+        """The most frames one response may carry under the message limit."""
+        # Per frame: the embedding, a double timestamp, an int64 index (a varint of up to 10 bytes).
+        frame_bytes = self.model.model.out_size * WIRE_DTYPES[dtype].itemsize + 8 + 10
+        return (self.limits.max_message_bytes - _RESPONSE_OVERHEAD_BYTES) // frame_bytes
 
     async def _receive(self, first: pb.VideoRequest, requests: AsyncIterator[pb.VideoRequest]) -> Path:
         """Spools the uploaded bytes to a temporary file (containers need seeking to decode)."""
@@ -126,6 +139,8 @@ class VideoService:
                 while request is not None:
                     if request.path:
                         raise InvalidArgument("path is only allowed in the first message")
+                    if request is not first and request.HasField("options"):
+                        raise InvalidArgument("options are only read from the first message; send them there")
                     size += len(request.data)
                     if size > self.limits.max_bytes:
                         raise ResourceExhausted(

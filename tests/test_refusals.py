@@ -212,7 +212,7 @@ def test_a_request_that_fits_an_idle_server_is_accepted(
 def test_a_response_over_the_message_limit_is_refused_before_any_work(model: InferenceModel) -> None:
     """100 tiny frames ask for 100 embeddings (~100 KB) from a server limited to 64 KiB messages:
     refused in-band before the model runs, and the stream's other envs go on as if it was never sent."""
-    running = ServerThread(ServerSettings(port=0, max_message_bytes=65536), model)
+    running = ServerThread(ServerSettings(port=0, max_message_bytes=65536, video_chunk_frames=32), model)
     rng = np.random.default_rng(13)
     frames = random_frames(rng, 3)
     expected = reference_embeddings(model, frames)
@@ -258,7 +258,7 @@ def test_more_sequences_than_state_slots_is_refused_as_unsplittable(model: Infer
 
 def test_a_stream_message_over_the_message_limit_ends_the_stream(model: InferenceModel) -> None:
     """gRPC refuses an oversized message before the server sees it: the stream ends, as documented."""
-    running = ServerThread(ServerSettings(port=0, max_message_bytes=65536), model)
+    running = ServerThread(ServerSettings(port=0, max_message_bytes=65536, video_chunk_frames=32), model)
     big = raw_frames(np.zeros((10, 84, 84, 1), np.uint8), "GRAY")  # ~70 KB
     small = raw_frames(np.zeros((1, 84, 84, 1), np.uint8), "GRAY")
     try:

@@ -57,6 +57,22 @@ def test_tokens_come_from_env_and_file_and_are_never_printed(
         ({"VIDLSTM_LOG_FORMAT": "xml"}, [], "log_format: Input should be 'text' or 'json'"),
         ({}, ["--config", "/nonexistent/vidlstm.yaml"], "No such file or directory"),
         ({}, ["--port", "0", "--model", "/nonexistent/agent.safetensors"], "model /nonexistent/agent.sa"),
+        ({}, ["--video-root", "/nonexistent"], "video_root: Path does not point to a directory"),
+        ({}, ["--video-root", "/etc/hostname"], "video_root: Path does not point to a directory"),
+        ({}, ["--stream-idle-timeout-s", "inf"], "stream_idle_timeout_s: Input should be a finite number"),
+        ({}, ["--grace-period-s", "nan"], "grace_period_s: Input should be a finite number"),
+        ({}, ["--decoder-threads", "100000"], "decoder_threads: Input should be less than or equal to 64"),
+        (
+            {},
+            ["--port", "0", "--device", "nonsense"],
+            "unknown device 'nonsense'; use auto, cpu, cuda or cuda:N",
+        ),
+        (
+            {},
+            ["--port", "0", "--metrics-port", "none", "--max-message-bytes", "12000"],
+            "--video-chunk-frames 128: responses would be larger than --max-message-bytes 12000; "
+            "use --video-chunk-frames <= 10",
+        ),
     ],
 )
 def test_bad_settings_stop_the_server_with_a_clear_message(
