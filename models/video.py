@@ -6,15 +6,20 @@ frame indices are exact even for containers whose frame count is wrong or missin
 `every`, `fps` (on presentation timestamps, no re-encode), `start_s`/`end_s` and `max_frames`.
 
 A damaged video fails as a whole (VideoError), never as a shorter list of frames: PyAV reports
-truncation and decoding errors (an index past the end of the file, a packet cut short, a frame
-the decoder had to conceal, an error the demuxer or decoder logged). OpenCV reports none of these:
-a truncated file simply ends early there.
+truncation and decoding errors (an index past the end of the file, an MPEG-TS file that is not a
+whole number of packets, a packet cut short, a frame the decoder had to conceal, an error the
+demuxer or decoder logged, on any of the decoder's threads). OpenCV reports none of these: a
+truncated file simply ends early there. MPEG-TS has no index: it is decoded on one thread, the
+only way FFmpeg conceals (and flags) a frame cut short, and a file cut exactly where a frame's
+packets end looks like a shorter recording and cannot be told from one.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +30,12 @@ import numpy as np
 __all__ = ["DECODERS", "DecodedFrame", "Sampling", "VideoError", "VideoInfo", "decode_video", "probe_video"]
 
 DECODERS = ("pyav", "opencv")
+# MPEG-TS layouts FFmpeg reads: (packet size, offset of the 0x47 sync byte in a packet): plain,
+# M2TS (a 4-byte timestamp first), and with 16 bytes of error correction after each packet.
+_TS_LAYOUTS = ((188, 0), (192, 4), (204, 0))
+_TS_SYNC = 0x47
+# Held by the one decode call whose capture takes the logs of every thread (see `_worker_logs`).
+_ALL_THREADS_CAPTURE = threading.Lock()
 
 
 class VideoError(ValueError):
@@ -123,14 +134,18 @@ def _decode_pyav(path: Path, sampling: Sampling, threads: int) -> Iterator[Decod
         with _open(path) as container:
             stream = _video_stream(container, path)
             _check_index(container, path)
+            _check_ts_size(container, path)
             # Frame threading drops a frame the decoder fails on instead of raising (how many
-            # depends on timing); slice threading reports every error.
+            # depends on timing); slice threading logs every error (on its own threads).
             stream.thread_type = "SLICE"
+            # MPEG-TS has no index: a last frame cut short shows only in the decoder's error
+            # concealment, which FFmpeg runs (and flags on the frame) on one thread only.
+            threads = 1 if container.format.name == "mpegts" else threads
             stream.thread_count = threads
             origin = stream.start_time or 0
             rate = float(stream.average_rate or stream.guessed_rate or 0)
             decoded = 0
-            for frame in _checked_frames(container, stream, path):
+            for frame in _checked_frames(container, stream, path, threads):
                 if frame.pts is not None:
                     time_s = float((frame.pts - origin) * stream.time_base)
                 else:
@@ -171,20 +186,54 @@ def _check_index(container: Any, path: Path) -> None:
         )
 
 
-def _checked_frames(container: Any, stream: Any, path: Path) -> Iterator[Any]:
+def _check_ts_size(container: Any, path: Path) -> None:
+    """MPEG-TS has no index, and its demuxer drops a last packet cut short without a word, so the
+    video would end early: a file that stops inside a packet is truncated. The packet size is read
+    from the sync bytes at the start; a file that does not start with a packet is not checked."""
+    if container.format.name != "mpegts":
+        return
+    with open(path, "rb") as file:
+        head = file.read(8 * max(packet for packet, _ in _TS_LAYOUTS))  # eight packets of any layout
+    size = path.stat().st_size
+    for packet, sync in _TS_LAYOUTS:
+        starts = range(sync, len(head), packet)
+        if len(starts) > 1 and all(head[at] == _TS_SYNC for at in starts):
+            if size % packet:
+                raise VideoError(
+                    f"{path}: damaged video: truncated MPEG-TS: {size:,} bytes is not a whole number "
+                    f"of {packet}-byte packets"
+                )
+            return
+
+
+@contextmanager
+def _worker_logs(threads: int) -> Iterator[list[tuple[int, str, str]]]:
+    """What FFmpeg's slice threads log while a packet is decoded. They log a frame's errors on
+    their own threads, which a thread-local capture misses (and whether a slice is decoded on the
+    calling thread or a worker is a race), so with more than one decoder thread the capture takes
+    the logs of every thread, one decode call at a time in this process: no other video's errors
+    can land in it. One decoder thread logs on the calling thread only, and needs no lock."""
+    if threads == 1:
+        yield []
+        return
+    with _ALL_THREADS_CAPTURE, av.logging.Capture(local=False) as logs:
+        yield logs
+
+
+def _checked_frames(container: Any, stream: Any, path: Path, threads: int) -> Iterator[Any]:
     """The decoded frames of `stream`; a packet cut short, a frame the decoder had to conceal or an
     error FFmpeg reported while reading raises VideoError rather than quietly losing frames."""
     packets = container.demux(stream)
     while True:
         # One capture per packet, never open across a yield: the next packet may be read on
         # another thread (the server's decoder pool), and captures belong to a thread.
-        with av.logging.Capture() as logs:
+        with av.logging.Capture() as logs, _worker_logs(threads) as worker_logs:
             try:
                 packet = next(packets, None)
                 frames = packet.decode() if packet is not None else []
             except av.error.FFmpegError as error:
-                raise VideoError(f"{path}: damaged video: {_errors(logs) or error}") from None
-        if problem := _damage(packet, frames) or _errors(logs):
+                raise VideoError(f"{path}: damaged video: {_errors(logs + worker_logs) or error}") from None
+        if problem := _damage(packet, frames) or _errors(logs + worker_logs):
             raise VideoError(f"{path}: damaged video: {problem}")
         if packet is None:
             return

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from conftest import ServerThread, reference_embeddings
-from videos import decode_reference, write_video
+from videos import decode_reference, ts_cuts, write_video
 
 from vidlstm.batch.cli import encode_video_main
 from vidlstm.batch.inputs import InputError, expand_inputs
@@ -546,3 +546,157 @@ def test_outputs_named_without_the_extension_are_not_reused(tmp_path: Path) -> N
     assert old.read_bytes() == b"an output of an earlier version"
     with np.load(out / "clip.mp4.npz") as saved:
         assert saved["embeddings"].shape == (10, 256)
+
+
+def test_decoder_errors_on_slice_threads_fail_the_video(tmp_path: Path) -> None:
+    """A raw H.264 stream has no index and no sizes: cut inside a frame, only the decoder sees it,
+    and with slice threads it logs the error on one of its own threads, where it was lost."""
+    data = write_video(tmp_path / "clip.h264", frames=30, width=160, height=120, textured=True).read_bytes()
+    cut = tmp_path / "cut.h264"
+    for fraction in (0.5, 0.9):
+        cut.write_bytes(data[: int(len(data) * fraction)])
+        for threads in (1, 0, 2, 4):
+            with pytest.raises(VideoError, match="damaged video: h264: error while decoding MB"):
+                list(decode_video(cut, threads=threads))
+
+
+def test_mpeg_ts_cut_inside_a_frame_fails_whatever_the_decoder_threads(tmp_path: Path) -> None:
+    """MPEG-TS has no index: a cut at a packet boundary that loses a packet of a frame shows only in
+    the decoder, which conceals the frame (and flags it) on one thread only."""
+    source = write_video(tmp_path / "clip.ts", frames=30, width=160, height=120, textured=True)
+    data, cut = source.read_bytes(), tmp_path / "cut.ts"
+    for at in ts_cuts(source)["middle"]:
+        cut.write_bytes(data[:at])
+        for threads in (0, 2):
+            with pytest.raises(VideoError, match="damaged video: "):
+                list(decode_video(cut, threads=threads))
+
+
+def test_an_output_written_for_another_source_is_neither_reused_nor_overwritten(
+    model: InferenceModel, tmp_path: Path
+) -> None:
+    """Two sources with one name, encoded into one --out in separate runs: the second is refused, and
+    the first, run again, is skipped with its own embeddings still there."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = write_video(tmp_path / "a" / "clip.mp4", frames=6, width=64, height=48, first_image=10)
+    second = write_video(tmp_path / "b" / "clip.mp4", frames=7, width=64, height=48, first_image=50)
+    out = tmp_path / "out"
+    output = out / "clip.mp4.npz"
+    assert _encode_cli(str(first), "--out", str(out)) == 0
+    before = output.read_bytes()
+    assert _encode_cli(str(second), "--out", str(out)) == 1
+    record = _records(out)["clip.mp4"]
+    assert (record["source"], record["status"]) == (str(second.resolve()), "failed")
+    assert record["error"] == (
+        f"OutputConflictError: {output.resolve()} holds the embeddings of {first.resolve()} from an earlier "
+        "run; use another --out or delete it"
+    )
+    assert output.read_bytes() == before
+    assert _encode_cli(str(first), "--out", str(out)) == 0
+    assert _records(out)["clip.mp4"]["status"] == "skipped"
+    output.unlink()  # as the message says: now the second may write it
+    assert _encode_cli(str(second), "--out", str(out), "--format", "npy") == 0
+    assert _encode_cli(str(first), "--out", str(out)) == 1  # clip.mp4.npy holds the second's
+    assert not output.exists()
+    assert _records(out)["clip.mp4"]["error"].startswith(  # type: ignore[union-attr]
+        f"OutputConflictError: {(out / 'clip.mp4.npy').resolve()} holds the embeddings of {second.resolve()}"
+    )
+    np.testing.assert_allclose(
+        _saved_embeddings(out, "clip.mp4", "npy"), _expected(model, second), atol=1e-4, rtol=0
+    )
+
+
+def test_parquet_keeps_the_final_state_in_its_metadata(videos: dict[str, Path], tmp_path: Path) -> None:
+    """`--format parquet --save-state`: the `vidlstm` schema metadata holds `final_state`, the same
+    state as the npz's `state_h`/`state_c`."""
+    path = videos["odd"]
+    for fmt in ("npz", "parquet"):
+        assert _encode_cli(str(path), "--out", str(tmp_path / fmt), "--format", fmt, "--save-state") == 0
+    metadata = json.loads(pq.read_schema(tmp_path / "parquet" / f"{path.name}.parquet").metadata[b"vidlstm"])
+    with np.load(tmp_path / "npz" / f"{path.name}.npz") as saved:
+        assert sorted(metadata["final_state"]) == ["c", "h"]
+        for name, values in metadata["final_state"].items():
+            np.testing.assert_array_equal(np.asarray(values, np.float32), saved[f"state_{name}"])
+
+
+def test_a_failed_rerun_deletes_its_outputs_in_every_format(tmp_path: Path) -> None:
+    """Outputs of earlier runs in other formats would outlive a source that now fails."""
+    (tmp_path / "in").mkdir()
+    source = write_video(tmp_path / "in" / "clip.mp4", frames=10, width=64, height=48)
+    out = tmp_path / "out"
+    for fmt in ("npy", "parquet", "npz"):
+        assert _encode_cli(str(source), "--out", str(out), "--format", fmt) == 0
+    assert len(list(out.glob("clip.mp4.*"))) == 4
+    source.write_bytes(source.read_bytes()[:2000])
+    assert _encode_cli(str(source), "--out", str(out)) == 1
+    assert [p.name for p in out.iterdir()] == ["manifest.jsonl"]
+
+
+def test_bad_device_is_a_usage_error(videos: dict[str, Path], tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*CLI, str(videos["h264"]), "--out", str(tmp_path / "out"), "--device", "nonsense"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("vidlstm encode-video: --device: ")
+    assert "nonsense" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--threads", "0"], "argument --threads: must be a whole number >= 1, got '0'"),
+        (
+            ["--decoder-threads", "100000"],
+            "argument --decoder-threads: must be a whole number >= 0 and <= 64, got '100000'",
+        ),
+    ],
+)
+def test_thread_counts_out_of_range_are_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        _encode_cli(str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "out"), *flags)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "validation error" not in err
+
+
+def test_a_record_after_a_cut_manifest_line_starts_a_line_of_its_own(tmp_path: Path) -> None:
+    source = write_video(tmp_path / "clip.mp4", frames=3, width=64, height=48)
+    out = tmp_path / "out"
+    out.mkdir()
+    cut = '{"source": "/elsewhere/ep.mp4", "status": "o'  # a writer killed mid-line
+    (out / "manifest.jsonl").write_text(cut)
+    assert _encode_cli(str(source), "--out", str(out)) == 0
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    assert lines[0] == cut
+    assert json.loads(lines[1])["status"] == "ok"
+
+
+def test_manifest_output_paths_are_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recorded outputs hold wherever the next run (or a reader) starts, not only in this one's cwd."""
+    write_video(tmp_path / "clip.mp4", frames=3, width=64, height=48)
+    monkeypatch.chdir(tmp_path)
+    assert _encode_cli("clip.mp4", "--out", "out", "--format", "npy") == 0
+    outputs = _records(tmp_path / "out")["clip.mp4"]["outputs"]
+    assert outputs == [str((tmp_path / "out" / f"clip.mp4{s}").resolve()) for s in (".npy", ".json")]
+
+
+def test_save_state_with_no_frame_kept_saves_the_zero_state(
+    videos: dict[str, Path], model: InferenceModel, tmp_path: Path
+) -> None:
+    """Nothing sampled (`--start` past the end): no embeddings, and the state at an episode's start."""
+    path = videos["h264"]
+    assert _encode_cli(str(path), "--out", str(tmp_path), "--start", "3600", "--save-state") == 0
+    with np.load(tmp_path / f"{path.name}.npz") as saved:
+        assert saved["embeddings"].shape == (0, model.model.out_size)
+        for spec in model.state_specs:
+            state = saved[f"state_{spec.name}"]
+            np.testing.assert_array_equal(state, np.zeros(spec.shape, spec.numpy_dtype))

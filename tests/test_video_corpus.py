@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ServerThread, reference_embeddings
-from videos import decode_reference, frame_image, write_audio_only, write_video
+from videos import decode_reference, frame_image, ts_cuts, write_audio_only, write_video
 
 from vidlstm.batch.cli import encode_video_main
 from vidlstm.clients import EncoderClient, VidlstmError
@@ -35,6 +35,17 @@ def _cut(source: Path, fraction: float) -> Callable[[Path], object]:
     return make
 
 
+def _ts_cut(source: Path, before: str) -> Callable[[Path], object]:
+    """Writes MPEG-TS `source` up to the first packet boundary past its middle that falls `before`
+    a video packet of that kind (see `ts_cuts`)."""
+
+    def make(path: Path) -> None:
+        data = source.read_bytes()
+        path.write_bytes(data[: next(at for at in ts_cuts(source)[before] if at > len(data) // 2)])
+
+    return make
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str | None]]:
     """The corpus folder and, per file, the reason it must fail with (None: it must come out whole)."""
@@ -42,6 +53,8 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, st
     faststart = write_video(sources / "faststart.mp4", frames=60, faststart=True, **SIZE)
     index_last = write_video(sources / "index_last.mp4", frames=60, **SIZE)
     webm = write_video(sources / "clip.webm", codec="libvpx-vp9", frames=30, **SIZE)
+    # Keyframes every 10 frames, at 160x120: they span several 188-byte packets.
+    ts = write_video(sources / "clip.ts", frames=30, width=160, height=120, keyframe_every=10)
     cases: dict[str, tuple[Callable[[Path], object], str | None]] = {
         "faststart.mp4": (lambda p: write_video(p, frames=60, faststart=True, **SIZE), None),
         "one_frame.mp4": (lambda p: write_video(p, frames=1, **SIZE), None),
@@ -63,6 +76,16 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, st
         "cut_index_last_50.mp4": (_cut(index_last, 0.5), f"{NOT_READABLE} ("),
         "cut_index_last_90.mp4": (_cut(index_last, 0.9), f"{NOT_READABLE} ("),
         "cut_half.webm": (_cut(webm, 0.5), "damaged video: matroska,webm: File ended prematurely"),
+        "clip.ts": (lambda p: p.write_bytes(ts.read_bytes()), None),
+        "cut_ts_in_packet.ts": (
+            _cut(ts, -100),
+            f"{TRUNCATED} MPEG-TS: {ts.stat().st_size - 100:,} bytes is not a whole number of 188-byte "
+            "packets",
+        ),
+        "cut_ts_in_frame.ts": (_ts_cut(ts, "middle"), "damaged video: h264: error while decoding MB"),
+        "cut_ts_end_of_frame.ts": (_ts_cut(ts, "last"), "damaged video: h264: error while decoding MB"),
+        # MPEG-TS has no index: cut where a frame ends, it is a shorter recording, whole and exact.
+        "cut_ts_at_frame_end.ts": (_ts_cut(ts, "first"), None),
         "empty.mp4": (lambda p: p.write_bytes(b""), NOT_READABLE),
         "text.mp4": (lambda p: p.write_text("not a video\n" * 20), NOT_READABLE),
         "audio_only.mp4": (write_audio_only, "has no video stream"),
@@ -179,3 +202,12 @@ def test_rotation_metadata_is_applied(corpus: tuple[Path, dict[str, str | None]]
     assert first.shape == (64, 48, 3)
     error = np.abs(first.astype(float) - np.rot90(frame_image(0, 64, 48), k=1)).mean()
     assert error < 5, "not turned as the display matrix says (90 degrees counter-clockwise)"
+
+
+def test_mpeg_ts_cut_where_a_frame_ends_reads_as_a_shorter_recording(
+    corpus: tuple[Path, dict[str, str | None]],
+) -> None:
+    """What cannot be detected: with no index and no frame count, the cut file is a valid one."""
+    whole = len(decode_reference(corpus[0] / "clip.ts")[0])
+    cut = len(list(decode_video(corpus[0] / "cut_ts_at_frame_end.ts")))
+    assert (whole, 0 < cut < whole) == (30, True)

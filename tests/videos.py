@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+
+TS_PACKET = 188
 
 
 def frame_image(index: int, width: int, height: int) -> np.ndarray:
@@ -32,13 +35,19 @@ def write_video(
     first_image: int = 0,
     rotation: int = 0,
     faststart: bool = False,
+    keyframe_every: int | None = None,
+    textured: bool = False,
 ) -> Path:
     """A video of `frames` frames; `times_ms` gives each frame's presentation time (variable rate),
     `first_image` shifts the content, `rotation` (degrees counter-clockwise) is stored as display
-    metadata, and `faststart` puts an mp4's index before the frames."""
+    metadata, `faststart` puts an mp4's index before the frames, and `keyframe_every` N makes every
+    N-th frame a keyframe (larger than the frames between); `textured` frames (seeded noise that
+    moves) compress poorly, so each takes many bytes."""
     options = {"movflags": "+faststart"} if faststart else {}
+    texture = np.random.default_rng(0).integers(0, 256, (height, width, 3), np.uint8) if textured else None
+    codec_options = {"g": str(keyframe_every)} if keyframe_every else {}
     with av.open(str(path), "w", options=options) as container:
-        stream = container.add_stream(codec, rate=fps)
+        stream = container.add_stream(codec, rate=fps, options=codec_options)
         stream.width, stream.height, stream.pix_fmt = width, height, pixel_format
         if rotation:
             stream.set_display_rotation(rotation)
@@ -46,6 +55,8 @@ def write_video(
             stream.codec_context.time_base = Fraction(1, 1000)
         for index in range(frames if times_ms is None else len(times_ms)):
             image = frame_image(first_image + index, width, height)
+            if texture is not None:
+                image = image // 2 + np.roll(texture, 3 * index, axis=1) // 2
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             if times_ms is not None:
                 frame.pts, frame.time_base = times_ms[index], Fraction(1, 1000)
@@ -54,6 +65,27 @@ def write_video(
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def ts_cuts(path: Path) -> dict[str, list[int]]:
+    """Where MPEG-TS `path` can be cut at a 188-byte packet boundary, by the video packet the cut
+    falls before: the "first" of a frame (the frames before it are whole), a "middle" one (a full
+    packet of that frame and more are lost) or the "last" one of a frame; as byte offsets."""
+    data = path.read_bytes()
+    packets = [data[at : at + TS_PACKET] for at in range(0, len(data), TS_PACKET)]
+    # A frame is one PES packet: its first TS packet has payload_unit_start_indicator set.
+    video_pid = next(_ts_pid(p) for p in packets if p[1] & 0x40 and b"\x00\x00\x01\xe0" in p[4:])
+    video = [k for k, packet in enumerate(packets) if _ts_pid(packet) == video_pid]
+    starts = {k for k in video if packets[k][1] & 0x40}
+    cuts: dict[str, list[int]] = {"first": [], "middle": [], "last": []}
+    for k, after in itertools.pairwise(video):
+        kind = "first" if k in starts else "last" if after in starts else "middle"
+        cuts[kind].append(k * TS_PACKET)
+    return cuts
+
+
+def _ts_pid(packet: bytes) -> int:
+    return (packet[1] & 0x1F) << 8 | packet[2]
 
 
 def write_audio_only(path: Path, *, seconds: float = 0.5, rate: int = 16000) -> Path:

@@ -50,7 +50,7 @@ class LocalBackend:
         from vidlstm.models.video_pipeline import encode_video
 
         info = probe_video(path)
-        parts, state = [], None
+        parts, state = [], self.model.initial_state(1)  # no frame kept: the episode's zero state
         for chunk in encode_video(
             self.model,
             path,
@@ -62,7 +62,7 @@ class LocalBackend:
             parts.append(chunk)
             state = chunk.state
             progress(len(chunk.embeddings))
-        final = {k: v[:, 0].cpu().numpy() for k, v in state.items()} if save_state and state else {}
+        final = {k: v[:, 0].cpu().numpy() for k, v in state.items()} if save_state else {}
         return _joined(
             [(p.embeddings, p.timestamps_ms, p.indices) for p in parts],
             self.model.model.out_size,

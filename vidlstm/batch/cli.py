@@ -17,6 +17,9 @@ from .runner import RunOptions, run
 
 __all__ = ["encode_video_main"]
 
+# More threads than this only add overhead; FFmpeg fails every video with far more (100000).
+MAX_DECODER_THREADS = 64
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -40,21 +43,24 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--model", type=Path, help="checkpoint (default: the seeded default model)")
     where.add_argument("--spec", type=Path, help="model spec for weights that carry none")
     where.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
-    where.add_argument("--threads", type=int, help="torch threads")
+    where.add_argument("--threads", type=_count(1), help="torch threads")
     decode = parser.add_argument_group("decoding (in process)")
     decode.add_argument("--decoder", choices=("pyav", "opencv"), default="pyav", help="default: pyav")
-    decode.add_argument("--decoder-threads", type=_count(0), default=0, help="0: FFmpeg picks")
+    decode.add_argument(
+        "--decoder-threads", type=_count(0, MAX_DECODER_THREADS), default=0, help="0: FFmpeg picks"
+    )
     decode.add_argument("--chunk-frames", type=_count(1), default=128, help="frames per model call")
     return parser
 
 
-def _count(least: int) -> Callable[[str], int]:
-    """An argparse type: a whole number >= `least`."""
+def _count(least: int, most: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number >= `least` (and <= `most`)."""
+    bounds = f">= {least}" if most is None else f">= {least} and <= {most}"
 
     def parse(text: str) -> int:
         value = int(text) if text.strip().isdigit() else None
-        if value is None or value < least:
-            raise argparse.ArgumentTypeError(f"must be a whole number >= {least}, got {text!r}")
+        if value is None or value < least or (most is not None and value > most):
+            raise argparse.ArgumentTypeError(f"must be a whole number {bounds}, got {text!r}")
         return value
 
     return parse
@@ -71,7 +77,7 @@ def encode_video_main(argv: list[str]) -> int:
     try:
         inputs = expand_inputs(args.inputs)
         backend = _backend(args, parser)
-    except (InputError, VidlstmError, OSError, ValueError) as error:
+    except (InputError, VidlstmError, OSError, ValueError, RuntimeError) as error:
         parser.exit(2, f"vidlstm encode-video: {error}\n")
     options = RunOptions(args.out, args.format, selection, args.save_state, args.quiet)
     return run(inputs, backend, options)
@@ -80,8 +86,13 @@ def encode_video_main(argv: list[str]) -> int:
 def _backend(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Backend:
     if args.server:
         return RemoteBackend(client_from_args(args, parser))
+    from vidlstm.models import select_device
     from vidlstm.service import ServerSettings, load_inference_model
 
+    try:
+        select_device(args.device)
+    except (ValueError, RuntimeError) as error:  # torch raises RuntimeError for a name it does not know
+        raise ValueError(f"--device: {error}") from None
     settings = ServerSettings(model=args.model, spec=args.spec, device=args.device, threads=args.threads)
     return LocalBackend(
         load_inference_model(settings),

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-__all__ = ["FORMATS", "EncodedVideo", "output_paths", "remove_partials", "write_output"]
+__all__ = ["FORMATS", "EncodedVideo", "every_output_path", "output_paths", "remove_partials", "write_output"]
 
 FORMATS = ("npz", "npy", "parquet")
 PARTIAL = ".partial"
@@ -39,6 +39,11 @@ def output_paths(out_dir: Path, relative: Path, fmt: str) -> list[Path]:
     return [base.with_name(base.name + suffix) for suffix in suffixes]
 
 
+def every_output_path(out_dir: Path, relative: Path) -> list[Path]:
+    """The files a video's output may consist of in any format: an earlier run may have used another."""
+    return [path for fmt in FORMATS for path in output_paths(out_dir, relative, fmt)]
+
+
 def write_output(paths: list[Path], fmt: str, video: EncodedVideo) -> None:
     paths[0].parent.mkdir(parents=True, exist_ok=True)
     if fmt == "npz":
@@ -46,16 +51,20 @@ def write_output(paths: list[Path], fmt: str, video: EncodedVideo) -> None:
     elif fmt == "npy":
         _atomic(paths[0], lambda file: np.save(file, video.embeddings, allow_pickle=False))
         sidecar = {
-            **video.metadata,
+            **_metadata_with_state(video),
             "timestamps_ms": video.timestamps_ms.tolist(),
             "frame_indices": video.frame_indices.tolist(),
-            "final_state": {k: v.tolist() for k, v in video.final_state.items()},
         }
         _atomic(paths[1], lambda file: file.write(json.dumps(sidecar).encode()))
     elif fmt == "parquet":
         _atomic(paths[0], lambda file: _write_parquet(file, video))
     else:
         raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+def _metadata_with_state(video: EncodedVideo) -> dict[str, Any]:
+    """The metadata and the final state (name -> nested lists), for formats that keep them as JSON."""
+    return {**video.metadata, "final_state": {k: v.tolist() for k, v in video.final_state.items()}}
 
 
 def _write_npz(file: BinaryIO, video: EncodedVideo) -> None:
@@ -83,7 +92,7 @@ def _write_parquet(file: BinaryIO, video: EncodedVideo) -> None:
             "timestamp_ms": pa.array(video.timestamps_ms, pa.float64()),
             "embedding": embeddings,
         }
-    ).replace_schema_metadata({"vidlstm": json.dumps(video.metadata)})
+    ).replace_schema_metadata({"vidlstm": json.dumps(_metadata_with_state(video))})
     pq.write_table(table, file)
 
 

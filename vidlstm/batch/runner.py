@@ -1,5 +1,6 @@
 """The batch run: each video once, skipped when already done with the same model and options from
-the same unchanged file, failures recorded and passed over; the exit code says whether any failed."""
+the same unchanged file, failures recorded and passed over; the exit code says whether any failed.
+An output that an earlier run wrote for another source is neither reused nor overwritten."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from vidlstm.clients import FrameSelection
 
 from .backends import Backend
 from .inputs import VideoInput
-from .manifest import Manifest, Record, SourceStamp, fingerprint
-from .outputs import output_paths, remove_partials, write_output
+from .manifest import Manifest, OutputConflictError, Record, SourceStamp, fingerprint
+from .outputs import every_output_path, output_paths, remove_partials, write_output
 
 __all__ = ["RunOptions", "run"]
 
@@ -32,17 +33,20 @@ class RunOptions:
 
 def run(inputs: list[VideoInput], backend: Backend, options: RunOptions) -> int:
     """Returns 0 when every video is done (now or before), 1 when any failed."""
-    manifest = Manifest(options.out_dir / "manifest.jsonl")
-    remove_partials(options.out_dir)
+    out_dir = options.out_dir.resolve()  # the manifest's paths hold wherever the next run starts
+    manifest = Manifest(out_dir / "manifest.jsonl")
+    remove_partials(out_dir)
     settings = {"selection": asdict(options.selection), "format": options.format, "state": options.save_state}
     progress = _Progress(len(inputs), options.quiet)
     mark = fingerprint(backend.weights_hash, settings)
     failed = 0
     for item in inputs:
         source = item.path.resolve()
-        outputs = output_paths(options.out_dir, item.relative, options.format)
+        outputs = output_paths(out_dir, item.relative, options.format)
+        every_format = every_output_path(out_dir, item.relative)
         started = time.monotonic()
         try:
+            manifest.check_owner(source, every_format)
             stamp = SourceStamp.of(item.path)
             if manifest.is_done(source, mark, stamp, outputs):
                 manifest.record(
@@ -53,8 +57,9 @@ def run(inputs: list[VideoInput], backend: Backend, options: RunOptions) -> int:
             frames = _encode(item.path, outputs, backend, options, progress, settings, stamp)
         except Exception as error:  # one bad video must not stop the batch: it is recorded instead
             failed += 1
-            for stale in outputs:  # an earlier output of this name no longer matches its source
-                stale.unlink(missing_ok=True)
+            if not isinstance(error, OutputConflictError):  # another source's output stays as it is
+                for stale in every_format:  # an earlier output of this name, in any format, is stale
+                    stale.unlink(missing_ok=True)
             message = f"{type(error).__name__}: {error}"
             manifest.record(Record(str(source), "failed", mark, [], error=message))
             log.error("%s failed: %s", item.path, message)
