@@ -7,6 +7,7 @@ with EncoderClient("localhost:50051") as client:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -235,7 +236,9 @@ class AsyncEncoderClient(_ClientBase):
         dtype: EmbeddingDType = "float32",
     ) -> AsyncIterator[VideoPart]:
         """Embeds a video file (see `EncoderClient.encode_video`): `async for part in ...`."""
-        requests = self._video_requests(source, selection, server_path, return_state, dtype)
+        requests = _read_off_the_loop(
+            self._video_requests(source, selection, server_path, return_state, dtype)
+        )
         try:
             async for response in self.stub.EncodeVideo(
                 requests, timeout=self.video_timeout, metadata=self.metadata
@@ -266,3 +269,9 @@ class AsyncEncoderClient(_ClientBase):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+
+async def _read_off_the_loop(requests: Iterator[pb.VideoRequest]) -> AsyncIterator[pb.VideoRequest]:
+    """The upload read chunk by chunk in a worker thread: a large file never blocks the event loop."""
+    while (request := await asyncio.to_thread(next, requests, None)) is not None:
+        yield request

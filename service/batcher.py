@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .engine import BatchEngine, Job, JobResult
-from .errors import ResourceExhausted
+from .errors import Internal, ResourceExhausted
 from .metrics import Metrics
 
 __all__ = ["BatchStats", "Batcher"]
@@ -111,7 +111,9 @@ class Batcher:
                 log.exception("batch of %d jobs failed", len(jobs))
                 for pending in batch:
                     if not pending.result.done():
-                        pending.result.set_exception(error)
+                        pending.result.set_exception(
+                            Internal(f"the model failed on this request's batch: {error}")
+                        )
                 continue
             frames = sum(job.frame_count for job in jobs)
             self.stats.batches += 1

@@ -7,6 +7,7 @@ import grpc
 __all__ = [
     "DeadlineExceeded",
     "FailedPrecondition",
+    "Internal",
     "InvalidArgument",
     "NotFound",
     "PermissionDenied",
@@ -43,3 +44,9 @@ class NotFound(ServiceError):
 
 class PermissionDenied(ServiceError):
     code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Internal(ServiceError):
+    """A server fault (the model failed on a batch): not the client's doing; the server keeps serving."""
+
+    code = grpc.StatusCode.INTERNAL
