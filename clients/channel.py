@@ -7,6 +7,7 @@ All channel options are built here, once, for the sync and the asyncio clients.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,12 +56,12 @@ class RetryPolicy:
                 f"max_attempts must be 2 to {GRPC_MAX_ATTEMPTS} (gRPC's cap), got {self.max_attempts};"
                 " pass retry=None for no retries"
             )
-        if not 0 < self.initial_backoff_s <= self.max_backoff_s:
+        if not 0 < self.initial_backoff_s <= self.max_backoff_s < math.inf:
             raise ValueError(
                 f"backoffs must satisfy 0 < initial_backoff_s <= max_backoff_s, got"
                 f" {self.initial_backoff_s} and {self.max_backoff_s}"
             )
-        if self.backoff_multiplier < 1:
+        if not 1 <= self.backoff_multiplier < math.inf:
             raise ValueError(f"backoff_multiplier must be >= 1, got {self.backoff_multiplier}")
         unknown = [c for c in self.retryable_codes if c not in grpc.StatusCode.__members__ or c == "OK"]
         if unknown or not self.retryable_codes:
@@ -137,7 +138,7 @@ def _keepalive_options(keepalive_s: float | None) -> list[tuple[str, Any]]:
     load balancers keep the connection, and a dead one is noticed."""
     if keepalive_s is None:
         return []
-    if keepalive_s <= 0:
+    if not 0 < keepalive_s < math.inf:
         raise ValueError(f"keepalive_s must be > 0 seconds, or None for no pings, got {keepalive_s}")
     return [
         ("grpc.keepalive_time_ms", round(keepalive_s * 1000)),

@@ -22,7 +22,7 @@ import numpy as np
 from vidlstm.v1 import encoder_pb2 as pb
 from vidlstm.v1 import encoder_pb2_grpc as pb_grpc
 
-from .errors import ModelMismatchError, StreamClosedError, error_for, from_rpc_error
+from .errors import StreamClosedError, error_for, from_rpc_error
 from .state import RecurrentState
 from .stream_messages import SessionConfig, StepReply, read_reply, step_request
 
@@ -60,13 +60,12 @@ class _SessionBase:
 
     def _answered(self, response: pb.StreamResponse) -> StepReply:
         """States set with `set_state` stay pending until a step that carried them is accepted: a
-        refused step installs nothing, so the next one carries them again. A state refused as another
-        model's is dropped: sent again, it would be refused again."""
-        try:
-            reply = read_reply(response)
-        except ModelMismatchError:
+        refused step installs nothing, so the next one carries them again. A step refused for its
+        states (the server names `set_states`: another model's, the wrong shape, not finite) drops
+        them: sent again, they would be refused again."""
+        if response.error.field == "set_states":
             self._pending_states = {}
-            raise
+        reply = read_reply(response)
         self._pending_states = {}
         return reply
 

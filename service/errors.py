@@ -17,9 +17,14 @@ __all__ = [
 
 
 class ServiceError(Exception):
-    """A client-caused failure; `str(error)` is the message that tells the client what to fix."""
+    """A client-caused failure; `str(error)` is the message that tells the client what to fix, and
+    `field` the request field refused, when one was (see RequestError.field)."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str, *, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class InvalidArgument(ServiceError):

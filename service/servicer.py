@@ -150,6 +150,7 @@ class EncoderServicer(pb_grpc.EncoderServicer):
         except ServiceError as error:
             response.error.code = error.code.value[0]
             response.error.message = str(error)
+            response.error.field = error.field
             return response
         response.env_ids.extend(request.env_ids)
         if output.embeddings is not None:
@@ -160,11 +161,16 @@ class EncoderServicer(pb_grpc.EncoderServicer):
 
     async def _step_input(self, request: pb.StreamRequest) -> StepInput:
         frames = await self._prepare(request.frames) if request.HasField("frames") else None
+        try:
+            states = {env: self._state(state) for env, state in request.set_states.items()}
+        except ServiceError as error:
+            error.field = "set_states"  # a state never accepted: the client must not send it again
+            raise
         return StepInput(
             frames,
             list(request.env_ids),
             _episode_starts(request.episode_start, len(request.env_ids), "request"),
-            {env: self._state(state) for env, state in request.set_states.items()},
+            states,
             list(request.return_state_env_ids),
             list(request.release_env_ids),
         )

@@ -222,9 +222,12 @@ def test_a_bad_retry_policy_names_the_value(fields: dict[str, Any], message: str
         RetryPolicy(**fields)
 
 
-def test_a_bad_keepalive_names_the_value() -> None:
-    with pytest.raises(ValueError, match="keepalive_s must be > 0 seconds, or None for no pings, got 0"):
-        EncoderClient("localhost:50051", keepalive_s=0)
+@pytest.mark.parametrize("keepalive_s", [0, -1, float("nan"), float("inf")])
+def test_a_bad_keepalive_names_the_value(keepalive_s: float) -> None:
+    with pytest.raises(
+        ValueError, match=f"keepalive_s must be > 0 seconds, or None for no pings, got {keepalive_s}"
+    ):
+        EncoderClient("localhost:50051", keepalive_s=keepalive_s)
 
 
 def test_keepalive_pings_keep_an_idle_stream_open(model: InferenceModel, rng: np.random.Generator) -> None:

@@ -4,6 +4,7 @@ health, and SIGTERM draining accepted calls and open streams before a clean exit
 from __future__ import annotations
 
 import json
+import queue
 import signal
 import time
 from collections.abc import Iterator
@@ -18,6 +19,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from vidlstm.clients import EncoderClient, InvalidInputError, ServerUnavailableError, UnauthenticatedError
 from vidlstm.models import InferenceModel
 from vidlstm.service import ServerSettings
+from vidlstm.v1 import encoder_pb2 as pb
+from vidlstm.v1 import encoder_pb2_grpc as pb_grpc
+from vidlstm.wire import raw_frames
 
 DRAINING = "server is shutting down; retry on another replica"
 
@@ -162,3 +166,36 @@ def test_a_stream_still_open_when_the_grace_period_ends_is_cancelled(rng) -> Non
     finally:
         running.close()
     assert 1.0 <= exited_after < 15, exited_after
+
+
+def test_a_stream_cancelled_with_a_request_in_flight_is_counted_as_cancelled(model: InferenceModel) -> None:
+    """grpc_server_handled_total counts a stream cancelled without closing while a request of it is
+    in flight (a killed actor) as CANCELLED, not OK. (A stream cancelled while idle ends on the server
+    like a closed one: gRPC's Python server tells the two apart too late to count it.)"""
+    running = ServerThread(ServerSettings(port=0), model)
+    labels = {"grpc_method": "EncodeStream", "grpc_service": "vidlstm.v1.Encoder", "grpc_type": "bidi_stream"}
+
+    def handled(code: str) -> float:
+        sample = running.running.metrics.registry.get_sample_value(
+            "grpc_server_handled_total", {**labels, "grpc_code": code}
+        )
+        return sample or 0.0
+
+    requests: queue.SimpleQueue[pb.StreamRequest | None] = queue.SimpleQueue()
+    try:
+        with grpc.insecure_channel(running.address) as channel:
+            call = pb_grpc.EncoderStub(channel).EncodeStream(iter(requests.get, None), timeout=60)
+            requests.put(
+                pb.StreamRequest(frames=raw_frames(np.zeros((1, 84, 84, 1), np.uint8), "GRAY"), env_ids=[0])
+            )
+            next(call)
+            many = raw_frames(np.zeros((300, 84, 84, 1), np.uint8), "GRAY")
+            requests.put(pb.StreamRequest(frames=many, env_ids=list(range(1, 301))))
+            time.sleep(0.05)
+            call.cancel()
+            deadline = time.monotonic() + 10
+            while handled("CANCELLED") + handled("OK") == 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
+        assert (handled("CANCELLED"), handled("OK")) == (1.0, 0.0)
+    finally:
+        running.stop()

@@ -279,3 +279,32 @@ def test_a_state_set_before_a_refused_step_is_installed_by_the_next(
                     session.step(bad_frame)
                 moved = session.step(frames[4])
     np.testing.assert_allclose(moved, expected[4], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("bad", ["nan", "wrong shape", "foreign"])
+def test_a_state_the_server_refuses_is_dropped_not_resent(
+    server: ServerThread, model: InferenceModel, bad: str
+) -> None:
+    """A state refused for itself (the server names `set_states`) would be refused forever: the
+    session drops it, raises once, and the next step runs as if it had never been set."""
+    from vidlstm.clients import RecurrentState
+
+    rng = np.random.default_rng(19)
+    frames = random_frames(rng, 2)
+    h = np.zeros((1, 256), np.float32)
+    tensors = {"h": h, "c": h}
+    weights_hash = model.weights_hash
+    if bad == "nan":
+        tensors = {"h": np.full_like(h, np.nan), "c": h}
+    elif bad == "wrong shape":
+        tensors = {"h": np.zeros((2, 256), np.float32), "c": h}
+    else:
+        weights_hash = "0" * 64
+    expected = step_loop(model, frames, np.array([True, False]))
+    with EncoderClient(server.address) as client, client.session(pixel_format="GRAY") as session:
+        first = session.step(frames[0], True)
+        session.set_state(RecurrentState(weights_hash, tensors))
+        with pytest.raises((InvalidInputError, ModelMismatchError)):
+            session.step(frames[1])
+        second = session.step(frames[1])
+    np.testing.assert_allclose(np.stack([first, second]), expected, atol=1e-4, rtol=0)

@@ -182,12 +182,14 @@ class StreamRequest(_message.Message):
     def __init__(self, frames: _Optional[_Union[Frames, _Mapping]] = ..., env_ids: _Optional[_Iterable[int]] = ..., episode_start: _Optional[_Iterable[bool]] = ..., set_states: _Optional[_Mapping[int, State]] = ..., return_state_env_ids: _Optional[_Iterable[int]] = ..., release_env_ids: _Optional[_Iterable[int]] = ..., embedding_dtype: _Optional[_Union[DType, str]] = ..., request_id: _Optional[int] = ...) -> None: ...
 
 class RequestError(_message.Message):
-    __slots__ = ("code", "message")
+    __slots__ = ("code", "message", "field")
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
     code: int
     message: str
-    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+    field: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., field: _Optional[str] = ...) -> None: ...
 
 class StreamResponse(_message.Message):
     __slots__ = ("embeddings", "env_ids", "states", "error", "request_id")
