@@ -32,8 +32,9 @@ from vidlstm.models import (
     default_spec,
     prepare_frames,
 )
-from vidlstm.models.video import Sampling, decode_video
+from vidlstm.models.video import decode_video
 from vidlstm.models.video_pipeline import encode_video, prepared_chunks
+from vidlstm.selection import FrameSelection
 
 IMAGENET = InputSpec(
     height=224, width=224, grayscale=False, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
@@ -87,7 +88,9 @@ def bench(name: str, model: InferenceModel, path: Path, frames: int, chunk: int)
     spec = model.model.spec.input
 
     def stage_one() -> list[object]:
-        return list(prepared_chunks(path, spec, Sampling(), chunk_frames=chunk, backend="pyav", threads=0))
+        return list(
+            prepared_chunks(path, spec, FrameSelection(), chunk_frames=chunk, backend="pyav", threads=0)
+        )
 
     prepared = stage_one()
 

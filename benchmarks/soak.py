@@ -42,13 +42,14 @@ def rss_mb() -> float:
 
 def server_process(connection: Connection) -> None:
     """The server, with a pipe for stats: what a Prometheus scrape would give."""
-    from vidlstm.service import ServerSettings, create_server, load_inference_model
+    from vidlstm.models import load_inference_model
+    from vidlstm.service import ServerSettings, create_server
 
     async def main() -> None:
         settings = ServerSettings(
             port=0, max_streams_per_client=48, stream_idle_timeout_s=5, max_frames_per_call=256
         )
-        running = await create_server(settings, load_inference_model(settings))
+        running = await create_server(settings, load_inference_model(threads=settings.threads))
         connection.send(running.port)
         loop = asyncio.get_running_loop()
         while (message := await loop.run_in_executor(None, connection.recv)) != "stop":

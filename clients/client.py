@@ -17,6 +17,7 @@ import grpc
 
 from vidlstm.v1 import encoder_pb2 as pb
 from vidlstm.v1 import encoder_pb2_grpc as pb_grpc
+from vidlstm.wire import selection_to_proto
 
 from .channel import (
     DEFAULT_KEEPALIVE_S,
@@ -97,7 +98,7 @@ class _ClientBase:
         return_state: bool,
         dtype: EmbeddingDType,
     ) -> Iterator[pb.VideoRequest]:
-        options = (selection or FrameSelection()).to_proto()
+        options = selection_to_proto(selection or FrameSelection())
         options.return_state, options.embedding_dtype = return_state, DTYPES[dtype]
         return video_requests(source, options, server_path=server_path)
 

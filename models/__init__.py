@@ -10,7 +10,7 @@ from .images import decode_image
 from .model import EmbeddingModel, State, StateTensorSpec, build_model
 from .preprocessing import FrameError, prepare_frames
 from .registry import Registry
-from .runtime import InferenceModel, select_device, set_threads
+from .runtime import InferenceModel, load_inference_model, select_device, set_threads
 from .spec import CoreSpec, EncoderSpec, InputSpec, ModelSpec, PixelFormat, default_spec
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "build_model",
     "decode_image",
     "default_spec",
+    "load_inference_model",
     "load_model",
     "prepare_frames",
     "read_state_dict",

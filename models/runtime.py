@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from .checkpoint import weights_hash
-from .model import EmbeddingModel, State, StateTensorSpec
+from .checkpoint import load_model, weights_hash
+from .model import EmbeddingModel, State, StateTensorSpec, build_model
+from .spec import ModelSpec, default_spec
 
-__all__ = ["InferenceModel", "select_device", "set_threads"]
+__all__ = ["InferenceModel", "load_inference_model", "select_device", "set_threads"]
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -79,3 +81,18 @@ class InferenceModel:
             torch.from_numpy(np.asarray(starts, dtype=bool)).to(self.device),
         )
         return embeddings.float().cpu().numpy(), state
+
+
+def load_inference_model(
+    *, model: Path | None = None, spec: Path | None = None, device: str = "auto", threads: int | None = None
+) -> InferenceModel:
+    """The model the server and the tools run: a checkpoint (`model`; `spec` for weights that carry
+    none), else the seeded model of `spec`, else the default model; on `device`, with `threads` torch
+    threads (None: torch's default)."""
+    set_threads(threads)
+    target = select_device(device)
+    if model is not None:
+        built = load_model(model, spec)
+    else:
+        built = build_model(default_spec() if spec is None else ModelSpec.load(spec))
+    return InferenceModel(built, target)

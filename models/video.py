@@ -27,7 +27,9 @@ from typing import Any
 import av
 import numpy as np
 
-__all__ = ["DECODERS", "DecodedFrame", "Sampling", "VideoError", "VideoInfo", "decode_video", "probe_video"]
+from vidlstm.selection import FrameSelection
+
+__all__ = ["DECODERS", "DecodedFrame", "VideoError", "VideoInfo", "decode_video", "probe_video"]
 
 DECODERS = ("pyav", "opencv")
 # MPEG-TS layouts FFmpeg reads: (packet size, offset of the 0x47 sync byte in a packet): plain,
@@ -40,19 +42,6 @@ _ALL_THREADS_CAPTURE = threading.Lock()
 
 class VideoError(ValueError):
     """A video that cannot be read; the message names the file and the reason."""
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Which decoded frames to keep: every `every`-th, or one per 1/`fps` s of presentation time,
-    within [`start_s`, `end_s`), at most `max_frames`. Options are checked where they enter
-    (`vidlstm.clients.FrameSelection`, for the CLI, the clients and the EncodeVideo RPC), once."""
-
-    every: int = 1
-    fps: float | None = None
-    start_s: float = 0.0
-    end_s: float | None = None
-    max_frames: int | None = None
 
 
 @dataclass(frozen=True)
@@ -75,7 +64,7 @@ class DecodedFrame:
 class _Sampler:
     """Keeps frames by index or by presentation time; says when nothing more can be kept."""
 
-    def __init__(self, sampling: Sampling) -> None:
+    def __init__(self, sampling: FrameSelection) -> None:
         self.sampling = sampling
         self.kept = 0
         self.next_time = sampling.start_s
@@ -117,10 +106,10 @@ def probe_video(path: Path) -> VideoInfo:
 
 
 def decode_video(
-    path: Path, sampling: Sampling | None = None, *, backend: str = "pyav", threads: int = 0
+    path: Path, sampling: FrameSelection | None = None, *, backend: str = "pyav", threads: int = 0
 ) -> Iterator[DecodedFrame]:
     """Yields the sampled frames of `path` in presentation order; raises VideoError on bad data."""
-    sampling = sampling or Sampling()
+    sampling = sampling or FrameSelection()
     if backend == "pyav":
         return _decode_pyav(path, sampling, threads)
     if backend == "opencv":
@@ -128,7 +117,7 @@ def decode_video(
     raise ValueError(f"unknown decoder {backend!r}; use one of {', '.join(DECODERS)}")
 
 
-def _decode_pyav(path: Path, sampling: Sampling, threads: int) -> Iterator[DecodedFrame]:
+def _decode_pyav(path: Path, sampling: FrameSelection, threads: int) -> Iterator[DecodedFrame]:
     sampler = _Sampler(sampling)
     try:
         with _open(path) as container:
@@ -259,7 +248,7 @@ def _errors(logs: list[tuple[int, str, str]], most: int = 3) -> str:
     return "; ".join(list(dict.fromkeys(errors))[:most])
 
 
-def _decode_opencv(path: Path, sampling: Sampling, threads: int) -> Iterator[DecodedFrame]:
+def _decode_opencv(path: Path, sampling: FrameSelection, threads: int) -> Iterator[DecodedFrame]:
     import cv2
 
     if not path.is_file():

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from vidlstm.selection import FrameSelection
+
 from .model import State
 from .preprocessing import prepare_frames
 from .runtime import InferenceModel
 from .spec import InputSpec, PixelFormat
-from .video import Sampling, decode_video
+from .video import decode_video
 
 __all__ = ["FrameChunk", "VideoChunk", "encode_video", "prepared_chunks"]
 
@@ -38,7 +40,7 @@ class VideoChunk:
 
 
 def prepared_chunks(
-    path: Path, spec: InputSpec, sampling: Sampling, *, chunk_frames: int, backend: str, threads: int
+    path: Path, spec: InputSpec, sampling: FrameSelection, *, chunk_frames: int, backend: str, threads: int
 ) -> Iterator[FrameChunk]:
     """Decodes and preprocesses `path` into chunks of at most `chunk_frames` frames."""
     images, times, indices = [], [], []
@@ -56,7 +58,7 @@ def prepared_chunks(
 def encode_video(
     model: InferenceModel,
     path: Path,
-    sampling: Sampling | None = None,
+    sampling: FrameSelection | None = None,
     *,
     chunk_frames: int = 128,
     backend: str = "pyav",
@@ -65,7 +67,7 @@ def encode_video(
 ) -> Iterator[VideoChunk]:
     """Embeddings of `path`, chunk by chunk, as a single episode from zero state."""
     spec = model.model.spec.input
-    sampling = sampling or Sampling()
+    sampling = sampling or FrameSelection()
     decoded = prepared_chunks(
         path, spec, sampling, chunk_frames=chunk_frames, backend=backend, threads=threads
     )

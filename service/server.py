@@ -17,15 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from vidlstm.models import (
-    InferenceModel,
-    ModelSpec,
-    build_model,
-    default_spec,
-    load_model,
-    select_device,
-    set_threads,
-)
+from vidlstm.models import InferenceModel, load_inference_model
 from vidlstm.v1 import encoder_pb2 as pb
 from vidlstm.v1 import encoder_pb2_grpc as pb_grpc
 
@@ -43,7 +35,7 @@ from .streams import StreamRegistry
 from .tls import server_credentials
 from .video import VideoLimits
 
-__all__ = ["RunningServer", "create_server", "load_inference_model", "serve"]
+__all__ = ["RunningServer", "create_server", "serve"]
 
 log = logging.getLogger("vidlstm.service")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Encoder"].full_name
@@ -68,16 +60,6 @@ class RunningServer:
         await self.server.stop(0)
         await self.batcher.stop()
         self.servicer.core.close()
-
-
-def load_inference_model(settings: ServerSettings) -> InferenceModel:
-    set_threads(settings.threads)
-    device = select_device(settings.device)
-    if settings.model is not None:
-        model = load_model(settings.model, settings.spec)
-    else:
-        model = build_model(default_spec() if settings.spec is None else ModelSpec.load(settings.spec))
-    return InferenceModel(model, device)
 
 
 async def create_server(settings: ServerSettings, model: InferenceModel) -> RunningServer:
@@ -175,7 +157,9 @@ async def serve(settings: ServerSettings) -> None:
     request would be answered at full speed.
     """
     log.info("settings: %r", settings)
-    model = load_inference_model(settings)
+    model = load_inference_model(
+        model=settings.model, spec=settings.spec, device=settings.device, threads=settings.threads
+    )
     model.warm_up()
     running = await create_server(settings, model)
     try:

@@ -8,17 +8,17 @@ import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 import numpy as np
 
-from vidlstm.clients.video import FrameSelection
 from vidlstm.models import InferenceModel
-from vidlstm.models.video import Sampling, VideoError, probe_video
+from vidlstm.models.video import VideoError, probe_video
 from vidlstm.models.video_pipeline import FrameChunk, prepared_chunks
+from vidlstm.selection import FrameSelection
 from vidlstm.v1 import encoder_pb2 as pb
-from vidlstm.wire import WIRE_DTYPES, tensor_to_proto
+from vidlstm.wire import WIRE_DTYPES, selection_from_proto, tensor_to_proto
 
 from .batcher import Batcher
 from .convert import embedding_dtype, state_to_proto
@@ -165,7 +165,12 @@ class VideoService:
             ) from None
 
     async def _encode_file(
-        self, path: Path, sampling: Sampling, chunk_frames: int, dtype: pb.DType, options: pb.VideoOptions
+        self,
+        path: Path,
+        sampling: FrameSelection,
+        chunk_frames: int,
+        dtype: pb.DType,
+        options: pb.VideoOptions,
     ) -> AsyncIterator[pb.VideoResponse]:
         loop = asyncio.get_running_loop()
         try:
@@ -221,8 +226,8 @@ def _next_chunk(chunks: Iterator[FrameChunk], path: Path) -> FrameChunk | None:
         raise InvalidArgument(str(error).replace(str(path), "video")) from None
 
 
-def _sampling(options: pb.VideoOptions) -> Sampling:
+def _sampling(options: pb.VideoOptions) -> FrameSelection:
     try:
-        return Sampling(**asdict(FrameSelection.from_proto(options)))
+        return selection_from_proto(options)
     except ValueError as error:
         raise InvalidArgument(f"bad VideoOptions: {error}") from None

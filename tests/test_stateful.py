@@ -76,7 +76,7 @@ class Reference:
         return np.stack(out), state
 
 
-@dataclass
+@dataclass(eq=False)  # a stream is itself: compared by identity, never by its envs
 class LiveStream:
     """One EncodeStream call, written and read step by step, and its envs' reference state."""
 

@@ -26,11 +26,11 @@ from vidlstm.batch.cli import encode_video_main
 from vidlstm.batch.inputs import InputError, expand_inputs
 from vidlstm.clients import EncoderClient, FrameSelection, VidlstmError
 from vidlstm.models import InferenceModel, PixelFormat, prepare_frames
-from vidlstm.models.video import Sampling, VideoError, decode_video
+from vidlstm.models.video import VideoError, decode_video
 from vidlstm.service import ServerSettings
 from vidlstm.v1 import encoder_pb2 as pb
 from vidlstm.v1 import encoder_pb2_grpc as pb_grpc
-from vidlstm.wire import tensor_from_proto
+from vidlstm.wire import selection_from_proto, tensor_from_proto
 
 VFR_TIMES = [0, 40, 50, 200, 210, 215, 500, 530, 900]
 CLI = [sys.executable, "-m", "vidlstm", "encode-video", "--quiet"]
@@ -61,7 +61,7 @@ def video_server(videos: dict[str, Path], model: InferenceModel):
     running.stop()
 
 
-def _decoded(path: Path, sampling: Sampling | None = None) -> tuple[np.ndarray, list[float], list[int]]:
+def _decoded(path: Path, sampling: FrameSelection | None = None) -> tuple[np.ndarray, list[float], list[int]]:
     frames = list(decode_video(path, sampling))
     return np.stack([f.image for f in frames]), [f.timestamp_ms for f in frames], [f.index for f in frames]
 
@@ -100,17 +100,17 @@ def test_cli_rpc_and_encode_agree(
 
 
 def test_fps_sampling_picks_presentation_times(videos: dict[str, Path], video_server: ServerThread) -> None:
-    _, times, indices = _decoded(videos["h264"], Sampling(fps=10))
+    _, times, indices = _decoded(videos["h264"], FrameSelection(fps=10))
     assert times == pytest.approx([100.0 * k for k in range(14)])  # 40 frames at 30 fps
     assert indices == [3 * k for k in range(14)]
-    assert _decoded(videos["vfr"], Sampling(fps=10))[1] == [
+    assert _decoded(videos["vfr"], FrameSelection(fps=10))[1] == [
         0,
         200,
         500,
         900,
     ]  # first frame at/after each 0.1 s
-    assert _decoded(videos["vfr"], Sampling(start_s=0.2, end_s=0.6))[1] == [200, 210, 215, 500, 530]
-    assert _decoded(videos["vfr"], Sampling(every=3, max_frames=2))[2] == [0, 3]
+    assert _decoded(videos["vfr"], FrameSelection(start_s=0.2, end_s=0.6))[1] == [200, 210, 215, 500, 530]
+    assert _decoded(videos["vfr"], FrameSelection(every=3, max_frames=2))[2] == [0, 3]
     with EncoderClient(video_server.address) as client:
         _, rpc_times = _via_rpc(client, "vfr.mkv", selection=FrameSelection(fps=10), server_path=True)
     assert rpc_times == [0, 200, 500, 900]
@@ -428,7 +428,7 @@ def test_bad_video_options_are_invalid_argument(
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert re.search(f"bad VideoOptions: {message}", raised.value.details())
     with pytest.raises(ValueError, match=message):  # the client refuses them before sending
-        FrameSelection.from_proto(options)
+        selection_from_proto(options)
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from vidlstm.selection import FrameSelection
 from vidlstm.v1 import encoder_pb2 as pb
 
 __all__ = [
@@ -13,6 +14,8 @@ __all__ = [
     "WIRE_DTYPES",
     "proto_dtype",
     "raw_frames",
+    "selection_from_proto",
+    "selection_to_proto",
     "tensor_from_proto",
     "tensor_to_proto",
 ]
@@ -64,3 +67,25 @@ def raw_frames(frames: np.ndarray, pixel_format: str) -> pb.Frames:
         raise ValueError(f"frames must be uint8, got {frames.dtype}")
     raw = pb.RawFrames(shape=frames.shape, pixel_format=PIXEL_FORMATS[pixel_format], data=frames.tobytes())
     return pb.Frames(raw=raw)
+
+
+def selection_to_proto(selection: FrameSelection) -> pb.VideoOptions:
+    """The selection as VideoOptions (0 means unset, as in the proto)."""
+    return pb.VideoOptions(
+        every=selection.every,
+        fps=selection.fps or 0.0,
+        start_s=selection.start_s,
+        end_s=selection.end_s or 0.0,
+        max_frames=selection.max_frames or 0,
+    )
+
+
+def selection_from_proto(options: pb.VideoOptions) -> FrameSelection:
+    """The selection `options` ask for; ValueError naming a bad value."""
+    return FrameSelection(
+        every=options.every or 1,
+        fps=options.fps or None,
+        start_s=options.start_s,
+        end_s=options.end_s or None,
+        max_frames=options.max_frames or None,
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -46,7 +45,7 @@ class LocalBackend:
     def encode(
         self, path: Path, selection: FrameSelection, *, save_state: bool, progress: Progress
     ) -> EncodedVideo:
-        from vidlstm.models.video import Sampling, probe_video
+        from vidlstm.models.video import probe_video
         from vidlstm.models.video_pipeline import encode_video
 
         info = probe_video(path)
@@ -54,7 +53,7 @@ class LocalBackend:
         for chunk in encode_video(
             self.model,
             path,
-            Sampling(**asdict(selection)),
+            selection,
             chunk_frames=self.chunk_frames,
             backend=self.decoder,
             threads=self.decoder_threads,

@@ -86,16 +86,15 @@ def encode_video_main(argv: list[str]) -> int:
 def _backend(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Backend:
     if args.server:
         return RemoteBackend(client_from_args(args, parser))
-    from vidlstm.models import select_device
-    from vidlstm.service import ServerSettings, load_inference_model
+    from vidlstm.models import load_inference_model, select_device
 
     try:
         select_device(args.device)
-    except (ValueError, RuntimeError) as error:  # torch raises RuntimeError for a name it does not know
+    except ValueError as error:
         raise ValueError(f"--device: {error}") from None
-    settings = ServerSettings(model=args.model, spec=args.spec, device=args.device, threads=args.threads)
+    model = load_inference_model(model=args.model, spec=args.spec, device=args.device, threads=args.threads)
     return LocalBackend(
-        load_inference_model(settings),
+        model,
         decoder=args.decoder,
         decoder_threads=args.decoder_threads,
         chunk_frames=args.chunk_frames,
