@@ -23,6 +23,7 @@ COPY vidlstm/ vidlstm/
 COPY models/ models/
 COPY service/ service/
 COPY clients/ clients/
+COPY tools/ tools/
 # The project's own dependency ranges apply; torch and torchvision are pinned to the tested releases.
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir "torch==2.14.1" "torchvision==0.29.1" ".[server]"

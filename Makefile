@@ -26,10 +26,10 @@ lint: install  ## ruff, plus the Dockerfile and Kubernetes manifests (offline sc
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/kubernetes-validate --quiet --strict deploy/kubernetes/*.yaml
 
-typecheck: install  ## mypy over the package as installed: vidlstm/ plus models/, service/, clients/
+typecheck: install  ## mypy over the package as installed: vidlstm/ plus models/, service/, clients/, tools/
 	rm -rf build/typecheck && mkdir -p build/typecheck/vidlstm
 	for f in vidlstm/*; do ln -s "$(CURDIR)/$$f" build/typecheck/vidlstm/; done
-	for pkg in models service clients; do ln -s "$(CURDIR)/$$pkg" build/typecheck/vidlstm/$$pkg; done
+	for pkg in models service clients tools; do ln -s "$(CURDIR)/$$pkg" build/typecheck/vidlstm/$$pkg; done
 	cd build/typecheck && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p vidlstm
 	$(BIN)/mypy proto/generate.py
 

@@ -13,9 +13,9 @@ import torch
 from test_rl import CleanRLAgent
 from videos import write_video
 
-from vidlstm.batch.cli import encode_video_main
-from vidlstm.import_cli import import_main
 from vidlstm.models import build_model, default_spec, save_checkpoint
+from vidlstm.tools.batch.cli import encode_video_main
+from vidlstm.tools.import_cli import import_main
 
 MODES = [(0o022, 0o644), (0o077, 0o600)]
 

@@ -16,9 +16,9 @@ from torch import nn
 
 from vidlstm.clients import EncoderClient
 from vidlstm.clients.gym import EmbeddingObservation, VectorEmbeddingObservation
-from vidlstm.import_cli import import_main
 from vidlstm.models import InferenceModel, PixelFormat, load_model, prepare_frames
 from vidlstm.service import ServerSettings
+from vidlstm.tools.import_cli import import_main
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,6 @@ import torch
 from conftest import ServeProcess
 
 from vidlstm.clients import SequenceInput
-from vidlstm.import_cli import import_main
 from vidlstm.models import (
     EmbeddingModel,
     InferenceModel,
@@ -27,6 +26,7 @@ from vidlstm.models import (
     prepare_frames,
     save_checkpoint,
 )
+from vidlstm.tools.import_cli import import_main
 
 STEPS, ENVS = 8, 3
 Served = tuple[list[str], EmbeddingModel]  # `vidlstm serve` flags, the same model in process

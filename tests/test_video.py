@@ -22,12 +22,12 @@ import pytest
 from conftest import ServerThread, reference_embeddings
 from videos import decode_reference, ts_cuts, write_video
 
-from vidlstm.batch.cli import encode_video_main
-from vidlstm.batch.inputs import InputError, expand_inputs
 from vidlstm.clients import EncoderClient, FrameSelection, VidlstmError
 from vidlstm.models import InferenceModel, PixelFormat, prepare_frames
 from vidlstm.models.video import VideoError, decode_video
 from vidlstm.service import ServerSettings
+from vidlstm.tools.batch.cli import encode_video_main
+from vidlstm.tools.batch.inputs import InputError, expand_inputs
 from vidlstm.v1 import encoder_pb2 as pb
 from vidlstm.v1 import encoder_pb2_grpc as pb_grpc
 from vidlstm.wire import selection_from_proto, tensor_from_proto

@@ -13,11 +13,11 @@ import pytest
 from conftest import ServerThread, reference_embeddings
 from videos import decode_reference, frame_image, ts_cuts, write_audio_only, write_video
 
-from vidlstm.batch.cli import encode_video_main
 from vidlstm.clients import EncoderClient, VidlstmError
 from vidlstm.models import InferenceModel, PixelFormat
 from vidlstm.models.video import decode_video
 from vidlstm.service import ServerSettings
+from vidlstm.tools.batch.cli import encode_video_main
 
 SIZE = {"width": 64, "height": 48}
 NOT_READABLE = "not a readable video"

@@ -15,8 +15,8 @@ COMMANDS = {
     "info": ("vidlstm.clients.cli:info_main", "describe the model a server serves"),
     "health": ("vidlstm.clients.cli:health_main", "exit 0 if a server's health service says SERVING"),
     "encode-images": ("vidlstm.clients.cli:encode_images_main", "embed image files as one sequence"),
-    "encode-video": ("vidlstm.batch.cli:encode_video_main", "embed video files and folders, resumably"),
-    "import": ("vidlstm.import_cli:import_main", "turn an SB3 or CleanRL recurrent agent into a checkpoint"),
+    "encode-video": ("vidlstm.tools.batch.cli:encode_video_main", "embed video files and folders, resumably"),
+    "import": ("vidlstm.tools.import_cli:import_main", "turn an SB3 or CleanRL agent into a checkpoint"),
 }
 
 

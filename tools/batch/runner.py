@@ -19,7 +19,7 @@ from .outputs import every_output_path, output_paths, remove_partials, write_out
 
 __all__ = ["RunOptions", "run"]
 
-log = logging.getLogger("vidlstm.batch")
+log = logging.getLogger("vidlstm.tools.batch")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""vidlstm.tools: the commands on top of everything (encode-video, import); `vidlstm.cli` runs them."""
