@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from vidlstm.models import InferenceModel, State
+from vidlstm.models import InferenceModel, State, StateTensorSpec
 
 from .pool import StatePool
 
-__all__ = ["BatchEngine", "Job", "JobResult", "PerEnvState", "batch_of"]
+__all__ = ["BatchEngine", "Job", "JobResult", "PerEnvState", "batch_of", "zero_state"]
 
 
 PerEnvState = dict[str, np.ndarray]  # one env's state tensors, without the batch dimension
@@ -69,6 +69,11 @@ class Job:
     @property
     def frame_count(self) -> int:
         return 0 if self.frames is None else self.frames.shape[0] * self.frames.shape[1]
+
+
+def zero_state(specs: list[StateTensorSpec]) -> PerEnvState:
+    """One env's state at the start of an episode."""
+    return {s.name: np.zeros(s.shape, s.numpy_dtype) for s in specs}
 
 
 def batch_of(states: list[PerEnvState]) -> dict[str, np.ndarray]:

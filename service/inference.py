@@ -23,7 +23,7 @@ from vidlstm.v1 import encoder_pb2 as pb
 
 from .batcher import Batcher
 from .convert import ResponseBudget
-from .engine import Job, PerEnvState
+from .engine import Job, PerEnvState, zero_state
 from .errors import InvalidArgument
 from .streams import StreamRegistry, StreamState
 from .video import VideoLimits, VideoService
@@ -118,7 +118,7 @@ class InferenceCore:
 
     def zero_state(self) -> PerEnvState:
         """The state at the start of an episode."""
-        return {s.name: np.zeros(s.shape, s.numpy_dtype) for s in self.state_specs}
+        return zero_state(self.state_specs)
 
     # -- stateless -------------------------------------------------------------------------------
 

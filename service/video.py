@@ -21,8 +21,8 @@ from vidlstm.v1 import encoder_pb2 as pb
 from vidlstm.wire import WIRE_DTYPES, selection_from_proto, tensor_to_proto
 
 from .batcher import Batcher
-from .convert import embedding_dtype, state_to_proto
-from .engine import Job, PerEnvState
+from .convert import ResponseBudget, embedding_dtype, state_to_proto
+from .engine import Job, PerEnvState, zero_state
 from .errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -34,8 +34,6 @@ from .errors import (
 from .pool import StatePool
 
 __all__ = ["VideoLimits", "VideoService", "resolve_under_root"]
-
-_RESPONSE_OVERHEAD_BYTES = 1024  # field tags, lengths and the tensor's shape around the arrays
 
 
 @dataclass(frozen=True)
@@ -126,7 +124,7 @@ class VideoService:
         """The most frames one response may carry under the message limit."""
         # Per frame: the embedding, a double timestamp, an int64 index (a varint of up to 10 bytes).
         frame_bytes = self.model.model.out_size * WIRE_DTYPES[dtype].itemsize + 8 + 10
-        return (self.limits.max_message_bytes - _RESPONSE_OVERHEAD_BYTES) // frame_bytes
+        return (self.limits.max_message_bytes - ResponseBudget.OVERHEAD_BYTES) // frame_bytes
 
     async def _receive(self, first: pb.VideoRequest, requests: AsyncIterator[pb.VideoRequest]) -> Path:
         """Spools the uploaded bytes to a temporary file (containers need seeking to decode)."""
@@ -189,8 +187,7 @@ class VideoService:
         try:
             frames = 0
             # The video starts from zero state, installed with its first chunk.
-            specs = self.model.state_specs
-            zero: PerEnvState | None = {s.name: np.zeros(s.shape, s.numpy_dtype) for s in specs}
+            zero: PerEnvState | None = zero_state(self.model.state_specs)
             while (chunk := await loop.run_in_executor(self.decoders, _next_chunk, chunks, path)) is not None:
                 starts = np.zeros(len(chunk.frames), bool)
                 result = await self.batcher.submit(Job.sequence(chunk.frames, slot, starts, zero))
