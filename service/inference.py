@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -168,11 +168,9 @@ class InferenceCore:
         """Drops the session and the state of all its envs."""
         self.streams.close(session)
 
-    @contextlib.contextmanager
-    def serving(self, session: StreamState) -> Iterator[None]:
+    def serving(self, session: StreamState) -> contextlib.AbstractContextManager[None]:
         """Around each request of a session: the time it spends waiting for the model is not idle."""
-        with self.streams.busy(session):
-            yield
+        return self.streams.busy(session)
 
     async def step(self, session: StreamState, step: StepInput, dtype: pb.DType) -> StepOutput:
         """Checks the step completely, then binds its new envs and runs it; a refused step (here or
