@@ -1,7 +1,9 @@
-"""Regenerate the checked-in gRPC stubs (`vidlstm/v1/*_pb2*.py[i]`) from `proto/`.
+"""Regenerate the checked-in stubs (`vidlstm/v1/*_pb2*.py[i]`, `vidlstm/kserve/*_pb2.py[i]`) from `proto/`.
 
-Run through `make proto`. `tests/test_proto_stubs.py` calls `generate()` into a temporary folder
+Run through `make proto`. `tests/test_packaging.py` calls `generate()` into a temporary folder
 and fails when the checked-in stubs differ, so a `.proto` edit never ships with stale stubs.
+The vendored KServe v2 protos get message classes only: the server registers that service's
+handlers itself, under Triton's wire name (see service/kserve/).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ REPO_ROOT = PROTO_ROOT.parent
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
 
 
-def proto_files() -> list[Path]:
-    return sorted(PROTO_ROOT.glob("vidlstm/**/*.proto"))
+def proto_files(package: str) -> list[Path]:
+    return sorted(PROTO_ROOT.glob(f"vidlstm/{package}/*.proto"))
 
 
 def generate(out_dir: Path) -> list[Path]:
@@ -28,20 +30,16 @@ def generate(out_dir: Path) -> list[Path]:
     if plugin is None:
         raise SystemExit("protoc-gen-mypy_grpc not found next to python: pip install mypy-protobuf")
     include = Path(protoc.__file__).parent / "_proto"
-    sources = [str(p.relative_to(PROTO_ROOT)) for p in proto_files()]
-    args = [
-        "grpc_tools.protoc",
-        f"-I{PROTO_ROOT}",
-        f"-I{include}",
+    messages = [f"-I{PROTO_ROOT}", f"-I{include}", f"--python_out={out_dir}", f"--pyi_out={out_dir}"]
+    services = [
         f"--plugin=protoc-gen-mypy_grpc={plugin}",
-        f"--python_out={out_dir}",
-        f"--pyi_out={out_dir}",
         f"--grpc_python_out={out_dir}",
         f"--mypy_grpc_out={out_dir}",
-        *sources,
     ]
-    if protoc.main(args) != 0:
-        raise SystemExit("protoc failed, see the messages above")
+    for package, options in (("v1", messages + services), ("kserve", messages)):
+        sources = [str(p.relative_to(PROTO_ROOT)) for p in proto_files(package)]
+        if protoc.main(["grpc_tools.protoc", *options, *sources]) != 0:
+            raise SystemExit("protoc failed, see the messages above")
     return sorted(p for p in (out_dir / "vidlstm").rglob("*") if p.name.endswith(GENERATED_SUFFIXES))
 
 
