@@ -157,6 +157,7 @@ TORCHVISION_BACKBONES = (
     "resnet18",
     "resnet34",
     "resnet50",
+    "mobilenet_v2",  # the one with offline ImageNet weights: `vidlstm models fetch mobilenet_v2`
     "mobilenet_v3_small",
     "mobilenet_v3_large",
     "efficientnet_b0",

@@ -17,6 +17,7 @@ COMMANDS = {
     "encode-images": ("vidlstm.clients.cli:encode_images_main", "embed image files as one sequence"),
     "encode-video": ("vidlstm.tools.batch.cli:encode_video_main", "embed video files and folders, resumably"),
     "import": ("vidlstm.tools.import_cli:import_main", "turn an SB3 or CleanRL agent into a checkpoint"),
+    "models": ("vidlstm.tools.models_cli:models_main", "list encoders; fetch a pretrained checkpoint"),
 }
 
 
