@@ -56,8 +56,8 @@ def server_process(connection: Connection) -> None:
             assert message == "stats"
             connection.send(
                 {
-                    "live_envs": running.servicer.core.live_envs,
-                    "live_streams": running.servicer.core.live_streams,
+                    "live_envs": running.core.live_envs,
+                    "live_streams": running.core.live_streams,
                     "rss_mb": rss_mb(),
                     "batches": running.batcher.stats.batches,
                     "dropped_cancelled": running.batcher.stats.dropped_cancelled,

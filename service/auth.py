@@ -1,4 +1,5 @@
-"""Bearer-token authentication for every RPC but the health service (probes stay open)."""
+"""Bearer-token authentication for every RPC but the probes: the health service and KServe v2's
+ServerLive/ServerReady (Kubernetes and load balancers send no token)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ import grpc
 
 __all__ = ["OPEN_SERVICES", "BearerTokenInterceptor"]
 
-OPEN_SERVICES = ("/grpc.health.v1.Health/",)
+OPEN_SERVICES = (  # prefixes of full method names
+    "/grpc.health.v1.Health/",
+    "/inference.GRPCInferenceService/ServerLive",
+    "/inference.GRPCInferenceService/ServerReady",
+)
 _MESSAGE = "missing or wrong bearer token: send metadata 'authorization: Bearer <token>'"
 
 

@@ -38,9 +38,26 @@ class _Pending:
 
 @dataclass
 class BatchStats:
+    """Totals since start, over every protocol (they share the batcher); KServe's ModelStatistics
+    reports them as Triton reports a model's."""
+
     batches: int = 0
     frames: int = 0
     dropped_cancelled: int = 0
+    requests: int = 0  # answered by the model
+    failed_requests: int = 0  # in batches the model failed on
+    queue_ns: int = 0  # summed over requests: enqueued -> their batch started
+    compute_ns: int = 0  # summed over requests: the duration of their batch
+    last_batch_ms: int = 0  # wall clock (ms since the epoch) of the last batch's end
+
+    def record(self, requests: int, queued_ns: int, batch_ns: int, *, failed: bool) -> None:
+        if failed:
+            self.failed_requests += requests
+        else:
+            self.requests += requests
+        self.queue_ns += queued_ns
+        self.compute_ns += batch_ns * requests
+        self.last_batch_ms = time.time_ns() // 1_000_000
 
 
 class Batcher:
@@ -105,22 +122,26 @@ class Batcher:
                 continue
             jobs = [job for pending in batch for job in pending.jobs]
             started = time.perf_counter()
+            waited = [started - p.queued_at for p in batch]
             try:
                 results = await loop.run_in_executor(self._executor, self.engine.run, jobs)
             except Exception as error:  # a bug or device failure: fail these calls, keep serving
                 log.exception("batch of %d jobs failed", len(jobs))
+                self.stats.record(
+                    len(batch), _ns(sum(waited)), _ns(time.perf_counter() - started), failed=True
+                )
                 for pending in batch:
                     if not pending.result.done():
                         pending.result.set_exception(
                             Internal(f"the model failed on this request's batch: {error}")
                         )
                 continue
+            duration = time.perf_counter() - started
             frames = sum(job.frame_count for job in jobs)
             self.stats.batches += 1
             self.stats.frames += frames
-            self.metrics.observe_batch(
-                frames, [started - p.queued_at for p in batch], time.perf_counter() - started
-            )
+            self.stats.record(len(batch), _ns(sum(waited)), _ns(duration), failed=False)
+            self.metrics.observe_batch(frames, waited, duration)
             offset = 0
             for pending in batch:
                 if not pending.result.done():
@@ -162,3 +183,7 @@ class Batcher:
                 return await asyncio.wait_for(self._queue.get(), remaining)
             except TimeoutError:
                 return None
+
+
+def _ns(seconds: float) -> int:
+    return round(seconds * 1e9)

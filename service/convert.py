@@ -17,6 +17,7 @@ from .errors import FailedPrecondition, InvalidArgument
 __all__ = [
     "FrameLimits",
     "ResponseBudget",
+    "check_frame_shape",
     "embedding_dtype",
     "frames_need_work",
     "frames_to_model_input",
@@ -94,22 +95,28 @@ def _raw_frames(raw: pb.RawFrames, spec: InputSpec, limits: FrameLimits) -> np.n
     shape = list(raw.shape)
     if len(shape) != 4:
         raise InvalidArgument(f"RawFrames.shape must be [N, H, W, C], got {shape}")
-    count, height, width, channels = shape
-    _check_count(count, limits)
-    if not (0 < height <= limits.max_side and 0 < width <= limits.max_side):
-        raise InvalidArgument(f"frame size {height}x{width} outside 1..{limits.max_side} per side")
     pixel_format = _pixel_format(raw.pixel_format)
-    if channels != pixel_format.channels:
-        raise InvalidArgument(
-            f"{pixel_format.value} frames have {pixel_format.channels} channel(s), shape says {channels}"
-        )
-    expected = count * height * width * channels
+    check_frame_shape(shape, pixel_format, limits)
+    expected = math.prod(shape)
     if len(raw.data) != expected:
         raise InvalidArgument(
             f"RawFrames.data has {len(raw.data)} bytes, shape {shape} of uint8 needs {expected}"
         )
     array = np.frombuffer(raw.data, dtype=np.uint8).reshape(shape)
     return prepare_frames(array, pixel_format, spec)
+
+
+def check_frame_shape(shape: list[int], pixel_format: PixelFormat, limits: FrameLimits) -> None:
+    """Refuses uint8 frames [N, H, W, C] that are empty, too many, too large or of the wrong channels,
+    before their bytes are read."""
+    count, height, width, channels = shape
+    _check_count(count, limits)
+    if not (0 < height <= limits.max_side and 0 < width <= limits.max_side):
+        raise InvalidArgument(f"frame size {height}x{width} outside 1..{limits.max_side} per side")
+    if channels != pixel_format.channels:
+        raise InvalidArgument(
+            f"{pixel_format.value} frames have {pixel_format.channels} channel(s), shape says {channels}"
+        )
 
 
 def _encoded_frames(encoded: pb.EncodedFrames, spec: InputSpec, limits: FrameLimits) -> np.ndarray:

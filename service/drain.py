@@ -18,7 +18,7 @@ DRAINING_MESSAGE = "server is shutting down; retry on another replica"
 
 
 class DrainGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Counts the calls in flight; once closed, refuses new ones (health aside) with UNAVAILABLE.
+    """Counts the calls in flight; once closed, refuses new ones (probes aside) with UNAVAILABLE.
 
     grpc.aio's `server.stop(grace)` refuses every new call at once, health checks included, so probes
     would never see NOT_SERVING. The gate keeps the port open while it drains: health answers, new
@@ -46,8 +46,12 @@ class DrainGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return handler._replace(**{kind: behavior})
 
     def close(self) -> None:
-        """From now on, new calls (health aside) are refused."""
+        """From now on, new calls (probes aside) are refused."""
         self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     async def wait_idle(self, timeout: float) -> None:
         """Returns when no call is in flight, or after `timeout` seconds."""

@@ -1,7 +1,8 @@
 """The inference core: what every protocol front-end needs, in numpy and protocol-free.
 
 Stateless encoding of sequences (state in, state out), stream sessions (open, step envs with resets,
-set and read back state, release, close, idle expiry), video, the decode pool and the limits. Every
+set and read back state, release, close, idle expiry), server-held sequences stepped one frame at a
+time (Triton's sequence batcher), video, the decode pool and the limits. Every
 check a request can fail is made before anything changes, and every refusal is a `ServiceError`:
 a front-end converts its messages into these calls and back, and maps errors to its status codes.
 """
@@ -25,6 +26,7 @@ from .batcher import Batcher
 from .convert import ResponseBudget
 from .engine import Job, PerEnvState, zero_state
 from .errors import InvalidArgument
+from .sequences import SequenceRegistry, Ticket
 from .streams import StreamRegistry, StreamState
 from .video import VideoLimits, VideoService
 
@@ -74,15 +76,19 @@ class InferenceCore:
         model: InferenceModel,
         batcher: Batcher,
         streams: StreamRegistry,
+        sequences: SequenceRegistry,
         *,
         video: VideoLimits,
         stream_idle_timeout: float,
+        sequence_idle_timeout: float,
         max_message_bytes: int,
     ) -> None:
         self.model = model
         self.batcher = batcher
         self.streams = streams
+        self.sequences = sequences
         self.stream_idle_timeout = stream_idle_timeout
+        self.sequence_idle_timeout = sequence_idle_timeout
         self.state_specs: list[StateTensorSpec] = model.state_specs
         self.input_spec: InputSpec = model.model.spec.input
         self.responses = ResponseBudget(
@@ -95,8 +101,8 @@ class InferenceCore:
         self._reaper: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        """Starts the idle-stream reaper; call from the server's event loop."""
-        self._reaper = asyncio.get_running_loop().create_task(self._expire_idle_streams())
+        """Starts the reaper of idle streams and sequences; call from the server's event loop."""
+        self._reaper = asyncio.get_running_loop().create_task(self._expire_idle())
 
     def close(self) -> None:
         if self._reaper is not None:
@@ -201,6 +207,36 @@ class InferenceCore:
                 states[env_id] = {k: v[:, column] for k, v in result.states.items()}
         return StepOutput(None if result.embeddings is None else result.embeddings[0], states)
 
+    # -- server-held sequences -------------------------------------------------------------------
+
+    async def sequence_step(self, ticket: Ticket, frame: np.ndarray, *, start: bool, end: bool) -> np.ndarray:
+        """One frame [1, C, H, W] of the ticket's sequence, at its turn in line -> embedding float32 [D].
+
+        START zeroes the state (of a new sequence, or restarts a running one), END releases it after
+        the step; a refused request changes nothing, so a refused START leaves no sequence."""
+        await ticket.turn()
+        if not start and ticket.slot is None:
+            raise InvalidArgument(
+                f"inference request for sequence {ticket.key.sequence_id!r} must specify the START flag "
+                "on the first request of the sequence (it was never started, has ended, or was idle "
+                f"for more than {self.sequence_idle_timeout:g} s)"
+            )
+        new = self.sequences.start(ticket)
+        slot = ticket.slot
+        assert slot is not None
+        installs = {slot: self.zero_state()} if new else {}
+        job = Job.step(frame[None], [slot], np.array([[start]]), installs, [])
+        try:
+            result = await self.batcher.submit(job)
+        except BaseException:
+            if new:  # never reached the model: the sequence was not started
+                self.sequences.end(ticket)
+            raise
+        if end:
+            self.sequences.end(ticket)
+        assert result.embeddings is not None
+        return result.embeddings[0, 0]
+
     def _check_step(self, session: StreamState, step: StepInput, dtype: pb.DType) -> None:
         if step.frames is not None and len(step.env_ids) != len(step.frames):
             raise InvalidArgument(
@@ -220,9 +256,11 @@ class InferenceCore:
             len(step.env_ids), dtype, len(step.return_state_env_ids), "step or read fewer envs per message"
         )
 
-    async def _expire_idle_streams(self) -> None:
-        """Runs for the server's life: closes streams idle past `stream_idle_timeout`."""
-        period = min(1.0, self.stream_idle_timeout / 4)
+    async def _expire_idle(self) -> None:
+        """Runs for the server's life: closes streams idle past `stream_idle_timeout` and ends
+        sequences idle past `sequence_idle_timeout`."""
+        period = min(1.0, self.stream_idle_timeout / 4, self.sequence_idle_timeout / 4)
         while True:
             await asyncio.sleep(period)
             self.streams.expire_idle(self.stream_idle_timeout)
+            self.sequences.expire_idle(self.sequence_idle_timeout)

@@ -11,12 +11,14 @@ import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from vidlstm.kserve import grpc_service_pb2 as kpb
 from vidlstm.models import InferenceModel, load_inference_model
 from vidlstm.v1 import encoder_pb2 as pb
 from vidlstm.v1 import encoder_pb2_grpc as pb_grpc
@@ -27,8 +29,10 @@ from .convert import FrameLimits
 from .drain import DrainGate
 from .engine import BatchEngine
 from .inference import InferenceCore
+from .kserve import WIRE_SERVICE, KServeModel, KServeServicer
 from .metrics import Metrics, MetricsInterceptor, start_metrics_http
 from .pool import StatePool
+from .sequences import SequenceRegistry
 from .servicer import EncoderServicer
 from .settings import ServerSettings
 from .streams import StreamRegistry
@@ -41,11 +45,59 @@ log = logging.getLogger("vidlstm.service")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Encoder"].full_name
 
 
+@dataclass(frozen=True)
+class FrontEnd:
+    """One protocol on the port: its handlers, the name health reports it under, and the name
+    reflection lists (KServe's messages live in a private package, so the two differ)."""
+
+    register: Callable[[grpc.aio.Server], None]
+    health_name: str
+    reflection_name: str
+
+
+class FrontEndFactory(Protocol):
+    def __call__(self, core: InferenceCore, settings: ServerSettings, drain: DrainGate) -> FrontEnd: ...
+
+
+def v1_frontend(core: InferenceCore, settings: ServerSettings, drain: DrainGate) -> FrontEnd:
+    servicer = EncoderServicer(
+        core, limits=_frame_limits(settings), default_deadline=settings.default_deadline_s
+    )
+    return FrontEnd(
+        lambda server: pb_grpc.add_EncoderServicer_to_server(servicer, server), SERVICE_NAME, SERVICE_NAME
+    )
+
+
+def kserve_frontend(core: InferenceCore, settings: ServerSettings, drain: DrainGate) -> FrontEnd:
+    model = KServeModel(
+        settings.kserve_model_name,
+        settings.kserve_input_name,
+        settings.kserve_output_name,
+        core.input_spec,
+        core.model.model.out_size,
+        max_batch_size=min(settings.max_frames_per_call, settings.state_capacity),
+        sequence_idle_timeout=settings.sequence_idle_timeout_s,
+    )
+    servicer = KServeServicer(
+        core,
+        model,
+        limits=_frame_limits(settings),
+        default_deadline=settings.default_deadline_s,
+        max_in_flight_per_stream=settings.max_envs_per_stream,
+        drain=drain,
+    )
+    private_name = kpb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+    return FrontEnd(servicer.register, WIRE_SERVICE, private_name)
+
+
+FRONTENDS: dict[str, FrontEndFactory] = {"v1": v1_frontend, "kserve": kserve_frontend}
+
+
 @dataclass
 class RunningServer:
     server: grpc.aio.Server
     port: int
-    servicer: EncoderServicer
+    core: InferenceCore
     batcher: Batcher
     health: HealthServicer
     metrics: Metrics
@@ -59,11 +111,12 @@ class RunningServer:
         await self.drain.wait_idle(grace or 0)
         await self.server.stop(0)
         await self.batcher.stop()
-        self.servicer.core.close()
+        self.core.close()
 
 
 async def create_server(settings: ServerSettings, model: InferenceModel) -> RunningServer:
-    """Builds, binds and starts a server for `model`; port 0 picks a free port."""
+    """Builds, binds and starts a server for `model` with the protocols in `settings.frontends` over
+    one inference core (one batcher, one state pool); port 0 picks a free port."""
     pool = StatePool(model.state_specs, settings.state_capacity, model.device)
     metrics = Metrics()
     batcher = Batcher(
@@ -79,12 +132,14 @@ async def create_server(settings: ServerSettings, model: InferenceModel) -> Runn
         max_streams_per_client=settings.max_streams_per_client,
         max_envs_per_stream=settings.max_envs_per_stream,
     )
+    sequences = SequenceRegistry(pool, max_sequences_per_client=settings.max_sequences_per_client)
     metrics.live_streams.set_function(lambda: streams.live_streams)
     metrics.live_envs.set_function(lambda: pool.live)
     core = InferenceCore(
         model,
         batcher,
         streams,
+        sequences,
         video=VideoLimits(
             settings.video_root,
             settings.max_video_bytes,
@@ -95,17 +150,14 @@ async def create_server(settings: ServerSettings, model: InferenceModel) -> Runn
             max_message_bytes=settings.max_message_bytes,
         ),
         stream_idle_timeout=settings.stream_idle_timeout_s,
+        sequence_idle_timeout=settings.sequence_idle_timeout_s,
         max_message_bytes=settings.max_message_bytes,
-    )
-    servicer = EncoderServicer(
-        core,
-        limits=FrameLimits(settings.max_frames_per_call, settings.max_frame_side, settings.max_image_pixels),
-        default_deadline=settings.default_deadline_s,
     )
     credentials = server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
     # Metrics outermost, so calls the token check or the drain gate refuses are counted too; the
     # gate innermost, so it wraps the servicers' own handlers.
     drain = DrainGate()
+    frontends = [FRONTENDS[name](core, settings, drain) for name in dict.fromkeys(settings.frontends)]
     interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(metrics)]
     if settings.auth_tokens:
         interceptors.append(BearerTokenInterceptor(settings.auth_tokens))
@@ -119,12 +171,13 @@ async def create_server(settings: ServerSettings, model: InferenceModel) -> Runn
             *_keepalive_enforcement(settings),
         ],
     )
-    pb_grpc.add_EncoderServicer_to_server(servicer, server)
+    for frontend in frontends:
+        frontend.register(server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
+        (*(f.reflection_name for f in frontends), health_name, reflection.SERVICE_NAME), server
     )
     address = f"{settings.host}:{settings.port}"
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
@@ -133,9 +186,13 @@ async def create_server(settings: ServerSettings, model: InferenceModel) -> Runn
     batcher.start()
     core.start()
     await server.start()
-    for service in ("", SERVICE_NAME):
+    for service in ("", *(f.health_name for f in frontends)):
         await health.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, servicer, batcher, health, metrics, drain)
+    return RunningServer(server, port, core, batcher, health, metrics, drain)
+
+
+def _frame_limits(settings: ServerSettings) -> FrameLimits:
+    return FrameLimits(settings.max_frames_per_call, settings.max_frame_side, settings.max_image_pixels)
 
 
 def _keepalive_enforcement(settings: ServerSettings) -> list[tuple[str, int]]:

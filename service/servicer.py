@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from functools import wraps
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import numpy as np
@@ -32,38 +30,15 @@ from .convert import (
 )
 from .engine import PerEnvState
 from .errors import InvalidArgument, ServiceError
+from .identity import client_key
 from .inference import InferenceCore, SequenceInput, StepInput
 from .model_info import model_info
 from .streams import StreamState
+from .unary import status_on_error
 
 __all__ = ["EncoderServicer"]
 
 log = logging.getLogger(__name__)
-Response = TypeVar("Response")
-
-
-def _status_on_error(
-    handler: Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Response]],
-) -> Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Response]]:
-    """Turns a `ServiceError` raised by a unary handler into its status code and message, and gives
-    calls that set no deadline the server's default one."""
-
-    @wraps(handler)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Response:
-        own_deadline = self.default_deadline if context.time_remaining() is None else None
-        try:
-            async with asyncio.timeout(own_deadline):
-                return await handler(self, request, context)
-        except ServiceError as error:
-            await context.abort(error.code, str(error))
-        except TimeoutError:
-            await context.abort(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"the call set no deadline and ran past the server's default of {self.default_deadline:g} s",
-            )
-        raise AssertionError("unreachable: abort raises")
-
-    return wrapper
 
 
 class EncoderServicer(pb_grpc.EncoderServicer):
@@ -80,7 +55,7 @@ class EncoderServicer(pb_grpc.EncoderServicer):
     ) -> pb.ModelInfo:
         return self._info
 
-    @_status_on_error
+    @status_on_error
     async def Encode(
         self, request: pb.EncodeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.EncodeResponse:
@@ -109,7 +84,7 @@ class EncoderServicer(pb_grpc.EncoderServicer):
         self, request_iterator: AsyncIterator[pb.StreamRequest], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.StreamResponse]:
         try:
-            session = self.core.open_session(_client_key(context))
+            session = self.core.open_session(client_key(context))
         except ServiceError as error:
             # Take the client's first message before refusing: a stream ended while the client is
             # still writing can reach it as a reset (INTERNAL) instead of this status and message.
@@ -193,12 +168,3 @@ def _episode_starts(values: Any, count: int, where: str) -> np.ndarray:
     if len(values) not in (0, count):
         raise InvalidArgument(f"{where}: episode_start has {len(values)} values for {count} frames")
     return np.array(values, dtype=bool) if len(values) else np.zeros(count, dtype=bool)
-
-
-def _client_key(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    """Who a stream counts against: its bearer token (hashed), else its peer's address."""
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization":
-            return "token:" + hashlib.sha256(str(value).encode()).hexdigest()[:16]
-    peer = context.peer()  # e.g. "ipv4:127.0.0.1:53422"
-    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer

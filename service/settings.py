@@ -65,6 +65,27 @@ class ServerSettings(BaseSettings):
     stream_idle_timeout_s: PositiveSeconds = Field(
         300.0, description="a stream that sends nothing this long is closed, its state dropped"
     )
+    frontends: Annotated[tuple[Literal["v1", "kserve"], ...], NoDecode] = Field(
+        ("v1", "kserve"),
+        min_length=1,
+        description="protocols served on the port, comma-separated: v1 (vidlstm.v1.Encoder), kserve"
+        " (KServe v2 / Triton's inference.GRPCInferenceService)",
+    )
+    kserve_model_name: str = Field(
+        "vidlstm", min_length=1, description="the model name KServe v2 (Triton) clients ask for"
+    )
+    kserve_input_name: str = Field("FRAMES", min_length=1, description="KServe v2 input tensor: uint8 frames")
+    kserve_output_name: str = Field(
+        "EMBEDDING", min_length=1, description="KServe v2 output tensor: float32 embeddings"
+    )
+    max_sequences_per_client: Positive = Field(
+        4096,
+        description="KServe v2 sequences the server holds state for per client (per bearer token or "
+        "client certificate; one count for all when auth is off)",
+    )
+    sequence_idle_timeout_s: PositiveSeconds = Field(
+        300.0, description="a KServe v2 sequence with no request this long is ended, its state dropped"
+    )
     max_frames_per_call: Positive = Field(4096, description="frames in one request")
     max_frame_side: Positive = Field(4096, description="largest frame height or width")
     max_image_pixels: Positive = Field(
@@ -105,10 +126,17 @@ class ServerSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="least level logged")
     log_format: Literal["text", "json"] = Field("text", description="text lines, or one JSON object a line")
 
-    @field_validator("auth_tokens", mode="before")
+    @field_validator("auth_tokens", "frontends", mode="before")
     @classmethod
-    def _split_token_list(cls, value: Any) -> Any:
+    def _split_comma_list(cls, value: Any) -> Any:
         return value.split(",") if isinstance(value, str) else value
+
+    @field_validator("kserve_output_name")
+    @classmethod
+    def _distinct_tensor_names(cls, output: str, info: ValidationInfo) -> str:
+        if output == info.data.get("kserve_input_name"):
+            raise ValueError(f"the KServe input and output tensors need different names, both are {output!r}")
+        return output
 
     @field_validator("auth_tokens")
     @classmethod
