@@ -9,6 +9,7 @@ fail: CI installs from the registry, so an unreachable one there is a fault to s
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import subprocess
@@ -139,6 +140,7 @@ def test_checkpoint_encoder_is_torchvisions_mobilenet_v2(
     assert model.spec.encoder.name == "mobilenet_v2"
     assert model.spec.encoder.params == {}  # the weights travel in the checkpoint, no path to a file
     assert model.spec.input == IMAGENET_INPUT
+    assert (model.spec.core.hidden_size, model.spec.core.num_layers, model.spec.seed) == (256, 1, 0)
     frames = torch.from_numpy(_prepared(photos))
     features = model.features(frames)
 
@@ -239,6 +241,7 @@ def test_a_file_with_another_sha256_is_refused(
     bad.write_bytes(tampered)
     error = _refused(["fetch", "mobilenet_v2", "--from", str(bad), "--out", str(tmp_path / "out")], capsys)
     assert str(bad) in error
+    assert f"has sha256 {hashlib.sha256(tampered).hexdigest()}" in error
     assert f"have sha256 {WEIGHTS.sha256}" in error
     assert "vidlstm models fetch mobilenet_v2" in error  # the fix
     assert not (tmp_path / "out").exists()
