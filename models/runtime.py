@@ -1,7 +1,17 @@
-"""Running a model for inference: device choice, threads, eval + inference mode, a weights hash."""
+"""Running a model for inference: device, threads, precision, compilation, eval + inference mode, a
+weights hash.
+
+Precision and compilation are how the model runs, not what it is: `weights_hash` is always taken
+from the fp32 weights, so state, checkpoints and video outputs stay tied to the model itself.
+Only the CNN runs in bf16/fp16; the LSTM core and its state stay fp32 (small, and recurrent error
+would build up step after step).
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,9 +20,18 @@ import torch
 
 from .checkpoint import load_model, weights_hash
 from .model import EmbeddingModel, State, StateTensorSpec, build_model
-from .spec import ModelSpec, default_spec
+from .spec import InputSpec, ModelSpec, default_spec
 
-__all__ = ["InferenceModel", "load_inference_model", "select_device", "set_threads"]
+__all__ = [
+    "PRECISIONS",
+    "InferenceModel",
+    "batch_bucket",
+    "load_inference_model",
+    "select_device",
+    "set_threads",
+]
+
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -36,18 +55,53 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def batch_bucket(count: int) -> int:
+    """The padded CNN batch for `count` frames: the next power of two. Compiled graphs and cuDNN's
+    autotuned kernels are made per input shape; a handful of shapes, all met during warm-up, keep
+    that work out of the requests."""
+    return 1 << max(count - 1, 0).bit_length()
+
+
 @dataclass
 class InferenceModel:
-    """A model on its device in eval mode, with what clients need to know about it."""
+    """A model on its device in eval mode, with what clients need to know about it.
+
+    `precision` (fp32 | bf16 | fp16) is the CNN's arithmetic; `compile` runs the CNN through
+    `torch.compile`. Both pad the CNN batch to `batch_bucket` sizes, as CUDA does (for cuDNN's
+    autotuning), so `warm_up` meets every shape a server will see.
+    """
 
     model: EmbeddingModel
     device: torch.device
+    precision: str = "fp32"
+    compile: bool = False
     weights_hash: str = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; use {', '.join(PRECISIONS)}")
+        self.weights_hash = weights_hash(self.model)  # of the fp32 weights, before any cast
         # channels_last: oneDNN's NHWC convolutions, ~1.3x faster for resnet18 on CPU here.
         self.model = self.model.to(self.device).to(memory_format=torch.channels_last).eval()
-        self.weights_hash = weights_hash(self.model)
+        self._cast_encoder(PRECISIONS[self.precision])
+        self._pad = self.compile or self.device.type == "cuda"
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # padded batches: a few shapes, each tuned once
+        self._features: Callable[[torch.Tensor], torch.Tensor] = (
+            self._compiled() if self.compile else self.model.features
+        )
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.model.spec
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return self.model.spec.input
+
+    @property
+    def out_size(self) -> int:
+        return self.model.out_size
 
     @property
     def state_specs(self) -> list[StateTensorSpec]:
@@ -56,12 +110,35 @@ class InferenceModel:
     def initial_state(self, batch_size: int) -> State:
         return self.model.initial_state(batch_size, self.device)
 
-    def warm_up(self, batch_size: int = 8) -> None:
-        """One throwaway call, so the first request does not pay for lazy kernel and allocator setup.
+    def warm_up(self, max_batch_size: int = 8) -> None:
+        """Runs every CNN batch shape a server with `max_batch_size` will use (one when nothing is
+        padded), so compiling and autotuning happen before the first request, not during it.
         Frames as a client's arrive, unstacked: the model stacks them itself."""
-        spec = self.model.spec.input
-        shape = (1, batch_size, spec.channels, spec.height, spec.width)
-        self.encode(np.zeros(shape, np.uint8))
+        spec = self.input_spec
+        eager = {min(max_batch_size, 8)}  # enough for the kernels' and the allocator's lazy setup
+        sizes = {batch_bucket(n) for n in range(1, max_batch_size + 1)} if self._pad else eager
+        for size in sorted(sizes):
+            self.encode(np.zeros((1, size, spec.channels, spec.height, spec.width), np.uint8))
+
+    def features(self, frames: torch.Tensor) -> torch.Tensor:
+        """Stacked uint8 frames [N, k*C, H, W] on the device -> float32 features [N, F]."""
+        count = frames.shape[0]
+        if self._pad and batch_bucket(count) != count:
+            padding = frames.new_zeros(batch_bucket(count) - count, *frames.shape[1:])
+            frames = torch.cat([frames, padding])
+        return self._features(frames)[:count].float()
+
+    def stack(
+        self, frames: torch.Tensor, state: State, episode_start: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """See `EmbeddingModel.stack`."""
+        return self.model.stack(frames, state, episode_start)
+
+    def recur(
+        self, features: torch.Tensor, state: State, episode_start: torch.Tensor, history: torch.Tensor | None
+    ) -> tuple[torch.Tensor, State]:
+        """See `EmbeddingModel.recur`."""
+        return self.model.recur(features, state, episode_start, history)
 
     @torch.inference_mode()
     def encode(
@@ -74,25 +151,67 @@ class InferenceModel:
         steps, batch = frames.shape[:2]
         if state is None:
             state = self.initial_state(batch)
+        state = {k: v.to(self.device) for k, v in state.items()}
         starts = np.zeros((steps, batch), bool) if episode_start is None else episode_start
-        embeddings, state = self.model(
-            torch.from_numpy(np.require(frames, requirements=["C", "W"])).to(self.device),
-            {k: v.to(self.device) for k, v in state.items()},
-            torch.from_numpy(np.asarray(starts, dtype=bool)).to(self.device),
+        starts_t = torch.from_numpy(np.asarray(starts, dtype=bool)).to(self.device)
+        frames_t = torch.from_numpy(np.require(frames, requirements=["C", "W"])).to(self.device)
+        stacked, history = self.stack(frames_t, state, starts_t)
+        features = self.features(stacked.flatten(0, 1)).view(steps, batch, -1)
+        embeddings, state = self.recur(features, state, starts_t, history)
+        return embeddings.cpu().numpy(), state
+
+    def _cast_encoder(self, dtype: torch.dtype) -> None:
+        """The CNN's weights in `dtype`; its input is cast on the way in (normalisation stays
+        fp32) and its features back to fp32 on the way out, for the LSTM."""
+        if dtype == torch.float32:
+            return
+        if self.device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            raise ValueError(f"{self.device} has no bf16 support; use precision fp16 or fp32")
+        encoder = self.model.encoder.to(dtype)
+        encoder.register_forward_pre_hook(lambda _module, args: (args[0].to(dtype),))
+        encoder.register_forward_hook(lambda _module, _args, output: output.float())
+
+    def _compiled(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The CNN through torch.compile. On CPU one static graph per batch bucket: measured here,
+        a graph with a dynamic batch ran slower than eager mode. On CUDA one graph with a dynamic
+        batch (cuDNN runs the convolutions either way)."""
+        _check_compiler(self.device)
+        buckets = 16  # powers of two up to 32768 frames: each CPU bucket is one graph, none evicted
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, buckets)
+        dynamic = None if self.device.type == "cuda" else False
+        return torch.compile(self.model.features, dynamic=dynamic)
+
+
+def _check_compiler(device: torch.device) -> None:
+    """torch.compile writes C++ (CPU kernels) or builds Triton's launcher with a C compiler (CUDA)."""
+    if device.type == "cuda":
+        names, kind = (os.environ.get("CC", "cc"), "gcc", "clang"), "C"
+    else:
+        names, kind = (os.environ.get("CXX", "c++"), "g++", "clang++"), "C++"
+    if not any(shutil.which(name) for name in names):
+        raise ValueError(
+            f"compile on {device.type} needs a {kind} compiler ({', '.join(names)}) on PATH, and there is "
+            "none (the slim container image has none); install one (apt-get install g++) or run without "
+            "compile"
         )
-        return embeddings.float().cpu().numpy(), state
 
 
 def load_inference_model(
-    *, model: Path | None = None, spec: Path | None = None, device: str = "auto", threads: int | None = None
+    *,
+    model: Path | None = None,
+    spec: Path | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
 ) -> InferenceModel:
     """The model the server and the tools run: a checkpoint (`model`; `spec` for weights that carry
     none), else the seeded model of `spec`, else the default model; on `device`, with `threads` torch
-    threads (None: torch's default)."""
+    threads (None: torch's default), its CNN in `precision`, compiled when `compile`."""
     set_threads(threads)
     target = select_device(device)
     if model is not None:
         built = load_model(model, spec)
     else:
         built = build_model(default_spec() if spec is None else ModelSpec.load(spec))
-    return InferenceModel(built, target)
+    return InferenceModel(built, target, precision, compile)

@@ -16,6 +16,7 @@ import torch
 from vidlstm.models import InferenceModel, State, StateTensorSpec
 
 from .pool import StatePool
+from .transfer import Transfers
 
 __all__ = ["BatchEngine", "Job", "JobResult", "PerEnvState", "batch_of", "zero_state"]
 
@@ -90,74 +91,92 @@ class JobResult:
 
 
 class BatchEngine:
+    """Runs on the model thread. Per batch: state installs in one scatter, frames to the device in
+    one copy, one CNN call (in chunks of `cnn_batch_size`: bounded activation memory), one LSTM
+    call per distinct T, and everything read back in one device->host copy."""
+
     def __init__(self, model: InferenceModel, pool: StatePool, cnn_batch_size: int) -> None:
         self.model = model
         self.pool = pool
         self.cnn_batch_size = cnn_batch_size
         self.device = model.device
+        self.transfers = Transfers(model.device)
 
     @torch.inference_mode()
     def run(self, jobs: list[Job]) -> list[JobResult]:
-        for job in jobs:
-            if job.install_slots:
-                self.pool.scatter(self._index(job.install_slots), self._to_device(job.install_state))
-                self.pool.installed(job.install_slots)
+        self._install([job for job in jobs if job.install_slots])
         for job in jobs:
             self.pool.check_installed(job.slots + job.read_slots)
-        embeddings = self._compute([j for j in jobs if j.frames is not None])
-        return [
-            JobResult(embeddings.get(id(job)), self._read(job.read_slots) if job.read_slots else None)
-            for job in jobs
-        ]
+        outputs = self._compute([j for j in jobs if j.frames is not None])
+        readers = [job for job in jobs if job.read_slots]
+        read = (
+            self.pool.gather(self._index([s for job in readers for s in job.read_slots])) if readers else {}
+        )
+        host = self.transfers.to_host([*outputs.values(), *read.values()])
+        embeddings = dict(zip(outputs, host[: len(outputs)], strict=True))
+        states = dict(zip(read, host[len(outputs) :], strict=True))
+        results, column = [], 0
+        for job in jobs:
+            job_states = None
+            if job.read_slots:
+                end = column + len(job.read_slots)
+                job_states = {name: value[:, column:end] for name, value in states.items()}
+                column = end
+            results.append(JobResult(embeddings.get(id(job)), job_states))
+        return results
 
-    def _compute(self, jobs: list[Job]) -> dict[int, np.ndarray]:
+    def _install(self, jobs: list[Job]) -> None:
+        """Writes the state of every job's new or replaced envs, all in one scatter."""
+        if not jobs:
+            return
+        slots = [slot for job in jobs for slot in job.install_slots]
+        names = jobs[0].install_state
+        joined = {name: np.concatenate([job.install_state[name] for job in jobs], axis=1) for name in names}
+        self.pool.scatter(self._index(slots), self._to_device(joined))
+        self.pool.installed(slots)
+
+    def _compute(self, jobs: list[Job]) -> dict[int, torch.Tensor]:
+        """Embeddings [T, n, D] on the device, by id of the job."""
         if not jobs:
             return {}
-        model = self.model.model
         groups: dict[int, list[Job]] = {}
         for job in jobs:
             groups.setdefault(job.episode_start.shape[0], []).append(job)
+        frames = self.transfers.frames_in(
+            [[job.frames for job in members if job.frames is not None] for members in groups.values()]
+        )
         stacked_parts, plans = [], []
-        for steps, members in groups.items():
+        for group_frames, members in zip(frames, groups.values(), strict=True):
             slots = self._index([s for job in members for s in job.slots])
-            frames = self._frames(np.concatenate([job.frames for job in members], axis=1))
             starts = torch.from_numpy(np.concatenate([job.episode_start for job in members], axis=1))
-            starts = starts.to(self.device, non_blocking=True)
+            starts = starts.to(self.device)
             state = self.pool.gather(slots)
-            stacked, history = model.stack(frames, state, starts)
+            stacked, history = self.model.stack(group_frames, state, starts)
             stacked_parts.append(stacked.flatten(0, 1))
-            plans.append((steps, members, slots, starts, state, history))
+            plans.append((members, slots, starts, state, history))
         features = self._features(torch.cat(stacked_parts))
-        results: dict[int, np.ndarray] = {}
+        results: dict[int, torch.Tensor] = {}
         offset = 0
-        for steps, members, slots, starts, state, history in plans:
-            batch = starts.shape[1]
+        for members, slots, starts, state, history in plans:
+            steps, batch = starts.shape
             group_features = features[offset : offset + steps * batch].view(steps, batch, -1)
             offset += steps * batch
-            outputs, new_state = model.recur(group_features, state, starts, history)
+            outputs, new_state = self.model.recur(group_features, state, starts, history)
             self.pool.scatter(slots, new_state)
-            outputs_np = outputs.float().cpu().numpy()
             column = 0
             for job in members:
-                results[id(job)] = outputs_np[:, column : column + len(job.slots)]
+                results[id(job)] = outputs[:, column : column + len(job.slots)]
                 column += len(job.slots)
         return results
 
     def _features(self, frames: torch.Tensor) -> torch.Tensor:
         """The CNN over [N, kC, H, W] in chunks of `cnn_batch_size` (bounded activation memory)."""
-        model = self.model.model
         if frames.shape[0] <= self.cnn_batch_size:
-            return model.features(frames)
-        return torch.cat([model.features(chunk) for chunk in torch.split(frames, self.cnn_batch_size)])
-
-    def _read(self, slots: list[int]) -> dict[str, np.ndarray]:
-        return {k: v.cpu().numpy() for k, v in self.pool.gather(self._index(slots)).items()}
+            return self.model.features(frames)
+        return torch.cat([self.model.features(chunk) for chunk in torch.split(frames, self.cnn_batch_size)])
 
     def _index(self, slots: list[int]) -> torch.Tensor:
         return torch.tensor(slots, dtype=torch.long, device=self.device)
-
-    def _frames(self, frames: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(frames)).to(self.device, non_blocking=True)
 
     def _to_device(self, state: dict[str, np.ndarray]) -> State:
         return {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in state.items()}

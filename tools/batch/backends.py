@@ -23,6 +23,7 @@ Progress = Callable[[int], None]
 class Backend(Protocol):
     weights_hash: str
     spec_json: str
+    precision: str | None  # the CNN's arithmetic; None where it is not known (a server's)
 
     def encode(
         self, path: Path, selection: FrameSelection, *, save_state: bool, progress: Progress
@@ -40,7 +41,8 @@ class LocalBackend:
         self.decoder_threads = decoder_threads
         self.chunk_frames = chunk_frames
         self.weights_hash = model.weights_hash
-        self.spec_json = model.model.spec.to_json()
+        self.spec_json = model.spec.to_json()
+        self.precision: str | None = model.precision
 
     def encode(
         self, path: Path, selection: FrameSelection, *, save_state: bool, progress: Progress
@@ -64,7 +66,7 @@ class LocalBackend:
         final = {k: v[:, 0].cpu().numpy() for k, v in state.items()} if save_state else {}
         return _joined(
             [(p.embeddings, p.timestamps_ms, p.indices) for p in parts],
-            self.model.model.out_size,
+            self.model.out_size,
             {"fps": info.fps, "width": info.width, "height": info.height, "codec": info.codec},
             final,
         )
@@ -72,6 +74,8 @@ class LocalBackend:
 
 class RemoteBackend:
     """Uploads each video to a server's EncodeVideo RPC (light client: no torch here)."""
+
+    precision: str | None = None  # ModelInfo does not say which precision the server runs
 
     def __init__(self, client: EncoderClient) -> None:
         self.client = client

@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--spec", type=Path, help="model spec for weights that carry none")
     where.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     where.add_argument("--threads", type=_count(1), help="torch threads")
+    where.add_argument("--precision", default="fp32", help="the CNN's arithmetic: fp32 (default), bf16, fp16")
+    where.add_argument("--compile", action="store_true", help="torch.compile the CNN (on CPU: needs g++)")
     decode = parser.add_argument_group("decoding (in process)")
     decode.add_argument("--decoder", choices=("pyav", "opencv"), default="pyav", help="default: pyav")
     decode.add_argument(
@@ -85,6 +87,8 @@ def encode_video_main(argv: list[str]) -> int:
 
 def _backend(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Backend:
     if args.server:
+        if args.precision != "fp32" or args.compile:
+            parser.error("--precision and --compile apply in process; a server runs with its own")
         return RemoteBackend(client_from_args(args, parser))
     from vidlstm.models import load_inference_model, select_device
 
@@ -92,7 +96,14 @@ def _backend(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Backe
         select_device(args.device)
     except ValueError as error:
         raise ValueError(f"--device: {error}") from None
-    model = load_inference_model(model=args.model, spec=args.spec, device=args.device, threads=args.threads)
+    model = load_inference_model(
+        model=args.model,
+        spec=args.spec,
+        device=args.device,
+        threads=args.threads,
+        precision=args.precision,
+        compile=args.compile,
+    )
     return LocalBackend(
         model,
         decoder=args.decoder,

@@ -36,7 +36,13 @@ def run(inputs: list[VideoInput], backend: Backend, options: RunOptions) -> int:
     out_dir = options.out_dir.resolve()  # the manifest's paths hold wherever the next run starts
     manifest = Manifest(out_dir / "manifest.jsonl")
     remove_partials(out_dir)
-    settings = {"selection": asdict(options.selection), "format": options.format, "state": options.save_state}
+    settings: dict[str, Any] = {
+        "selection": asdict(options.selection),
+        "format": options.format,
+        "state": options.save_state,
+    }
+    if backend.precision not in (None, "fp32"):  # fp32 left out: earlier outputs (all fp32) stay done
+        settings["precision"] = backend.precision
     progress = _Progress(len(inputs), options.quiet)
     mark = fingerprint(backend.weights_hash, settings)
     failed = 0
