@@ -85,7 +85,7 @@ def models_main(argv: list[str]) -> int:
                 num_layers=spec.core.num_layers,
                 seed=spec.seed,
             )
-    except PretrainedError as error:
+    except (PretrainedError, OSError) as error:  # OSError: an unreadable --from, an unwritable folder
         parser.exit(1, f"vidlstm models fetch: {error}\n")
     try:
         args.out.mkdir(parents=True, exist_ok=True)
