@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# tests: Triton's client and perf_analyzer. Its metadata pins numpy<2 and protobuf<5, which its gRPC
+	# client does not need (tests/test_kserve*.py run it against ours): installed without them.
+	$(BIN)/python -m pip install --quiet --no-deps 'tritonclient==2.51.0'
 	rm -f $(VENV)/.installed-* && touch $@
 
 run: install  ## serve the default model on localhost:50051 (ARGS="--port 6000 ..." to change)

@@ -64,7 +64,14 @@ def _server_parser(prog: str, description: str) -> argparse.ArgumentParser:
 def info_main(argv: list[str]) -> int:
     parser = _server_parser("vidlstm info", "Describe the model a server serves.")
     parser.add_argument("--json", action="store_true", help="print the full info as JSON")
+    parser.add_argument(
+        "--models",
+        action="store_true",
+        help="instead, list the encoders and pretrained weights this install can build (no server)",
+    )
     args = parser.parse_args(argv)
+    if args.models:
+        return _print_models(parser)
     try:
         with client_from_args(args, parser) as client:
             info = client.info()
@@ -77,6 +84,7 @@ def info_main(argv: list[str]) -> int:
         return 0
     state = ", ".join(f"{s.name} {list(s.shape)}" for s in info.state)
     print(f"model          {info.name}")
+    print(f"encoder        {json.loads(info.spec_json)['encoder']['name']}")
     print(
         f"input          {info.input_height}x{info.input_width}, {info.input_channels} channel(s), "
         f"stack {info.frame_stack}"
@@ -85,6 +93,17 @@ def info_main(argv: list[str]) -> int:
     print(f"state          {state}")
     print(f"weights        sha256:{info.weights_hash}")
     print(f"device         {info.device}")
+    return 0
+
+
+def _print_models(parser: argparse.ArgumentParser) -> int:
+    """The catalogue needs torch (the encoder registry): the light client says how to get it."""
+    try:
+        from vidlstm.tools.models_cli import catalogue_text
+    except ImportError as error:
+        hint = "pip install 'vidlstm[server]'"
+        parser.exit(1, f"vidlstm info --models needs the server extra (torch): {hint} ({error})\n")
+    print(catalogue_text())
     return 0
 
 

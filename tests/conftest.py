@@ -20,7 +20,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from vidlstm.clients import EncoderClient
+from vidlstm.clients import AsyncEncoderClient, EncoderClient, ServerBusyError
 from vidlstm.models import InferenceModel, PixelFormat, build_model, default_spec, prepare_frames
 from vidlstm.service import RunningServer, ServerSettings, create_server
 
@@ -62,7 +62,8 @@ class ServerThread:
 class ServeProcess:
     """`vidlstm serve` on free ports with JSON logs and metrics, its output collected on a thread."""
 
-    def __init__(self, *flags: str, timeout: float = 120) -> None:
+    def __init__(self, *flags: str, timeout: float = 120, token: str = TOKEN) -> None:
+        """`token` "": no auth (clients such as perf_analyzer cannot send one over gRPC)."""
         self.port, self.metrics_port = free_port(), free_port()
         self.process = subprocess.Popen(
             [*VIDLSTM, "serve", "--port", str(self.port), "--metrics-port", str(self.metrics_port), *flags],
@@ -73,7 +74,7 @@ class ServeProcess:
                 **os.environ,
                 "VIDLSTM_THREADS": "1",
                 "VIDLSTM_LOG_FORMAT": "json",
-                "VIDLSTM_AUTH_TOKENS": TOKEN,
+                "VIDLSTM_AUTH_TOKENS": token,
             },
         )
         self.lines: list[str] = []
@@ -183,3 +184,27 @@ def reference_embeddings(
     starts = None if episode_start is None else np.asarray(episode_start)[:, None]
     embeddings, _ = model.encode(prepared[:, None], episode_start=starts)
     return embeddings[:, 0]
+
+
+# 4096 raw frames at the model's size: about a second of model time on two cores, with no decoding.
+BUSY_FRAMES = np.zeros((4096, 84, 84, 1), np.uint8)
+
+
+async def keep_model_busy(address: str, calls: int) -> None:
+    """`calls` long Encode calls from two callers back to back: one on the model, one queued."""
+
+    async def accepted_call(client: AsyncEncoderClient) -> None:
+        for _ in range(200):
+            try:
+                await client.encode(BUSY_FRAMES, pixel_format="GRAY")
+                return
+            except ServerBusyError:
+                await asyncio.sleep(0.05)
+        raise AssertionError("the server refused a long call for 10 s")
+
+    async def worker(client: AsyncEncoderClient) -> None:
+        for _ in range(calls // 2):
+            await accepted_call(client)
+
+    async with AsyncEncoderClient(address, timeout=120) as client:
+        await asyncio.gather(worker(client), worker(client))

@@ -13,44 +13,19 @@ import grpc
 import numpy as np
 import pytest
 import torch
-from conftest import ServerThread, random_frames, reference_embeddings
+from conftest import ServerThread, keep_model_busy, random_frames, reference_embeddings
 
 from vidlstm.clients import (
     AsyncEncoderClient,
     EncoderClient,
     InvalidInputError,
     SequenceInput,
-    ServerBusyError,
 )
 from vidlstm.models import InferenceModel, LSTMCore
 from vidlstm.service import ServerSettings
 from vidlstm.v1 import encoder_pb2 as pb
 from vidlstm.v1 import encoder_pb2_grpc as pb_grpc
 from vidlstm.wire import raw_frames, tensor_from_proto, tensor_to_proto
-
-# 4096 raw frames at the model's size: about a second of model time on two cores, with no decoding.
-BUSY_FRAMES = np.zeros((4096, 84, 84, 1), np.uint8)
-
-
-async def keep_model_busy(address: str, calls: int) -> None:
-    """`calls` long Encode calls from two callers back to back: one on the model, one queued."""
-
-    async def accepted_call(client: AsyncEncoderClient) -> None:
-        for _ in range(200):
-            try:
-                await client.encode(BUSY_FRAMES, pixel_format="GRAY")
-                return
-            except ServerBusyError:
-                await asyncio.sleep(0.05)
-        raise AssertionError("the server refused a long call for 10 s")
-
-    async def worker(client: AsyncEncoderClient) -> None:
-        for _ in range(calls // 2):
-            await accepted_call(client)
-
-    async with AsyncEncoderClient(address, timeout=120) as client:
-        await asyncio.gather(worker(client), worker(client))
-
 
 CAPACITY = 32
 

@@ -1,6 +1,7 @@
 """A model-based test: random interleavings of streams, steps, resets, state moves, releases, Encode
-calls, cancels, malformed and over-limit requests, and bursts of concurrent requests, driven against a
-real server with tight limits over real channels. A plain in-process model of the semantics is the
+calls, KServe v2 sequences (start, step, end, pipelined on a stream), cancels, malformed and over-limit
+requests, and bursts of concurrent requests of both protocols, driven against a real server with
+tight limits over real channels. A plain in-process model of the semantics is the
 reference: every accepted embedding and state must match it, every refusal must leave it unchanged,
 and the server's live streams and envs (read from /metrics) must always equal the reference's.
 
@@ -27,6 +28,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, precondition, rule
 from prometheus_client.parser import text_string_to_metric_families
 
+from vidlstm.kserve import grpc_service_pb2 as kpb
 from vidlstm.models import InferenceModel
 from vidlstm.service import ServerSettings
 from vidlstm.service.metrics import start_metrics_http
@@ -41,8 +43,10 @@ LIMITS = ServerSettings(
     max_streams=3,
     max_envs_per_stream=6,
     stream_idle_timeout_s=1.5,
+    max_sequences_per_client=3,  # auth is off: one count for all
 )
 MAX_ENV_ID = 7
+MAX_SEQUENCE_ID = 4
 MAX_ENVS_PER_STEP = 4
 OK, INVALID, FOREIGN, BUSY = (
     grpc.StatusCode.OK,
@@ -128,6 +132,24 @@ frames_st = st.integers(0, 2**32 - 1).map(
 )
 picks = st.integers(0, 2**16)
 faults = st.sampled_from([None, None, None, "bad bytes", "foreign state", "nan state", "unknown return"])
+sequence_faults = st.sampled_from([None, None, None, None, "bad bytes", "batch of two", "FP32"])
+
+
+def _kserve_request(
+    sequence_id: int, frames: np.ndarray, start: bool, end: bool, fault: str | None = None
+) -> kpb.ModelInferRequest:
+    """One frame of a sequence (two with the "batch of two" fault), as tritonclient builds it."""
+    count = 2 if fault == "batch of two" else 1
+    request = kpb.ModelInferRequest(model_name="vidlstm", id=f"{sequence_id}")
+    request.inputs.add(
+        name="FRAMES", datatype="FP32" if fault == "FP32" else "UINT8", shape=[count, 84, 84, 1]
+    )
+    data = frames[:count].tobytes()
+    request.raw_input_contents.append(data[:-1] if fault == "bad bytes" else data)
+    request.parameters["sequence_id"].int64_param = sequence_id
+    request.parameters["sequence_start"].bool_param = start
+    request.parameters["sequence_end"].bool_param = end
+    return request
 
 
 class StatefulServer(RuleBasedStateMachine):
@@ -140,6 +162,7 @@ class StatefulServer(RuleBasedStateMachine):
         self.stub = pb_grpc.EncoderStub(CHANNEL)
         self.open: list[LiveStream] = []
         self.saved: list[State] = [self.ref.zero]
+        self.sequences: dict[int, State] = {}  # KServe sequence id -> its state after its last step
 
     # -- streams -------------------------------------------------------------------------------
 
@@ -321,6 +344,95 @@ class StatefulServer(RuleBasedStateMachine):
                 np.testing.assert_allclose(final[name], value, atol=1e-4, rtol=0)
             self.saved.append(state)
 
+    # -- KServe v2 sequences -------------------------------------------------------------------
+
+    @rule(
+        sequence_id=st.integers(1, MAX_SEQUENCE_ID),
+        frames=frames_st,
+        start=st.booleans(),
+        end=st.booleans(),
+        fault=sequence_faults,
+    )
+    def sequence_step(
+        self, sequence_id: int, frames: np.ndarray, start: bool, end: bool, fault: str | None
+    ) -> None:
+        request = _kserve_request(sequence_id, frames, start, end, fault)
+        reply = _kserve_call(MODEL_INFER, request)
+        self._check_sequence_step(request, frames[0], reply, self._sequence_code(request, fault))
+
+    @rule(sequence_id=st.integers(1, MAX_SEQUENCE_ID), frames=frames_st, data=st.data())
+    def pipelined_sequence(self, sequence_id: int, frames: np.ndarray, data: st.DataObject) -> None:
+        """Several requests of one sequence written on a stream without waiting: they run in order."""
+        count = data.draw(st.integers(2, 6))
+        starts = [data.draw(st.booleans()) for _ in range(count)]
+        requests = [
+            _kserve_request(sequence_id, frames[i : i + 1], starts[i], i == count - 1) for i in range(count)
+        ]
+        for index, request in enumerate(requests):
+            request.id = str(index)
+        replies = {}
+        for answer in MODEL_STREAM_INFER(iter(requests), timeout=60):
+            replies[int(answer.infer_response.id)] = answer
+        for index, request in enumerate(requests):
+            answer = replies[index]
+            expected = self._sequence_code(request, None)
+            reply: kpb.ModelInferResponse | grpc.StatusCode = answer.infer_response
+            if answer.error_message:
+                reply = (
+                    BUSY
+                    if "room for" in answer.error_message or "limit is" in answer.error_message
+                    else INVALID
+                )
+            self._check_sequence_step(request, frames[index], reply, expected)
+
+    def _sequence_code(self, request: kpb.ModelInferRequest, fault: str | None) -> grpc.StatusCode:
+        sequence_id = request.parameters["sequence_id"].int64_param
+        if fault is not None:
+            return INVALID
+        if sequence_id in self.sequences:
+            return OK
+        if not request.parameters["sequence_start"].bool_param:
+            return INVALID
+        if (
+            len(self.sequences) >= LIMITS.max_sequences_per_client
+            or self._live_envs() >= LIMITS.state_capacity
+        ):
+            return BUSY
+        return OK
+
+    def _check_sequence_step(
+        self,
+        request: kpb.ModelInferRequest,
+        frame: np.ndarray,
+        reply: kpb.ModelInferResponse | grpc.RpcError | grpc.StatusCode,
+        expected: grpc.StatusCode | None,
+    ) -> None:
+        """Checks a sequence step against the reference and applies it; `expected` None: OK or BUSY."""
+        code = (
+            reply
+            if isinstance(reply, grpc.StatusCode)
+            else _code(reply)
+            if isinstance(reply, grpc.RpcError)
+            else OK
+        )
+        if expected is None:
+            assert code in (OK, BUSY), reply
+        else:
+            assert code == expected, (code, reply)
+        if code != OK:
+            return  # a refusal changes nothing
+        assert isinstance(reply, kpb.ModelInferResponse)
+        sequence_id = request.parameters["sequence_id"].int64_param
+        start = request.parameters["sequence_start"].bool_param
+        state = self.ref.zero if start else self.sequences[sequence_id]
+        want, after = self.ref.step(frame, state, start)
+        got = np.frombuffer(reply.raw_output_contents[0], "<f4").reshape(1, -1)[0]
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+        if request.parameters["sequence_end"].bool_param:
+            self.sequences.pop(sequence_id, None)
+        else:
+            self.sequences[sequence_id] = after
+
     # -- concurrency and time ------------------------------------------------------------------
 
     @precondition(lambda self: self.open)
@@ -330,9 +442,15 @@ class StatefulServer(RuleBasedStateMachine):
         Each is answered correctly or refused (queue or slots full); refusals change nothing."""
         steps = [(stream, *self._step_request(stream, data, frames, None)) for stream in self.open]
         encodes = [self._encode_request(data, frames) for _ in range(data.draw(st.integers(1, 3)))]
-        with ThreadPoolExecutor(len(steps) + len(encodes)) as pool:
+        # Sequences that exist, stepped (never started: whether a START fits depends on the others).
+        sequence_steps = [_kserve_request(i, frames[i : i + 1], False, False) for i in self.sequences]
+        with ThreadPoolExecutor(len(steps) + len(encodes) + len(sequence_steps)) as pool:
             step_replies = [pool.submit(stream.send, request) for stream, request, _ in steps]
             encode_replies = [pool.submit(self._encode_or_error, request) for request, _ in encodes]
+            sequence_replies = [pool.submit(_kserve_call, MODEL_INFER, r) for r in sequence_steps]
+        for request, reply in zip(sequence_steps, sequence_replies, strict=True):
+            sequence_id = request.parameters["sequence_id"].int64_param
+            self._check_sequence_step(request, frames[sequence_id], reply.result(), expected=None)
         for (stream, request, plan), reply in zip(steps, step_replies, strict=True):
             self._check_step(stream, request, plan, reply.result(), expected=None)
         for (request, expected), reply in zip(encodes, encode_replies, strict=True):
@@ -372,7 +490,7 @@ class StatefulServer(RuleBasedStateMachine):
         assert self._metrics() == (len(self.open), self._live_envs())
 
     def _live_envs(self) -> int:
-        return sum(len(stream.envs) for stream in self.open)
+        return sum(len(stream.envs) for stream in self.open) + len(self.sequences)
 
     def _metrics(self) -> tuple[int, int]:
         with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10) as page:
@@ -393,6 +511,10 @@ class StatefulServer(RuleBasedStateMachine):
     def teardown(self) -> None:
         for stream in self.open:
             stream.close()
+        frame = np.zeros((1, 84, 84, 1), np.uint8)
+        for sequence_id in list(self.sequences):
+            _kserve_call(MODEL_INFER, _kserve_request(sequence_id, frame, False, True))
+            del self.sequences[sequence_id]
         self._wait_for_metrics()
         assert self._metrics() == (0, 0)
 
@@ -401,16 +523,37 @@ SERVER: ServerThread
 REFERENCE: Reference
 CHANNEL: grpc.Channel
 METRICS_PORT: int
+MODEL_INFER: grpc.UnaryUnaryMultiCallable
+MODEL_STREAM_INFER: grpc.StreamStreamMultiCallable
+
+
+def _kserve_call(
+    method: grpc.UnaryUnaryMultiCallable, request: kpb.ModelInferRequest
+) -> kpb.ModelInferResponse | grpc.RpcError:
+    try:
+        return method(request, timeout=60)  # type: ignore[no-any-return]
+    except grpc.RpcError as error:
+        return error
 
 
 @pytest.fixture(scope="module")
 def live_server(model: InferenceModel) -> Iterator[None]:
-    global SERVER, REFERENCE, CHANNEL, METRICS_PORT
+    global SERVER, REFERENCE, CHANNEL, METRICS_PORT, MODEL_INFER, MODEL_STREAM_INFER
     SERVER = ServerThread(LIMITS, model)
     METRICS_PORT = free_port()
     stop_metrics = start_metrics_http(SERVER.running.metrics, "127.0.0.1", METRICS_PORT)
     REFERENCE = Reference(model)
     CHANNEL = grpc.insecure_channel(SERVER.address)
+    MODEL_INFER = CHANNEL.unary_unary(
+        "/inference.GRPCInferenceService/ModelInfer",
+        request_serializer=kpb.ModelInferRequest.SerializeToString,
+        response_deserializer=kpb.ModelInferResponse.FromString,
+    )
+    MODEL_STREAM_INFER = CHANNEL.stream_stream(
+        "/inference.GRPCInferenceService/ModelStreamInfer",
+        request_serializer=kpb.ModelInferRequest.SerializeToString,
+        response_deserializer=kpb.ModelStreamInferResponse.FromString,
+    )
     yield
     CHANNEL.close()
     stop_metrics()

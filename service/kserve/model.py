@@ -33,6 +33,9 @@ class KServeModel:
     max_batch_size: int  # frames in one request without a sequence id
     sequence_idle_timeout: float
 
+    def serves(self, name: str, version: str) -> bool:
+        return name == self.name and version in ("", MODEL_VERSION)
+
     def check(self, name: str, version: str) -> None:
         """Refuses requests for another model or version, as Triton does."""
         if name != self.name:

@@ -88,8 +88,7 @@ class KServeServicer:
         return kpb.ServerReadyResponse(ready=not self.drain.closed)
 
     async def ModelReady(self, request: kpb.ModelReadyRequest, context: Any) -> kpb.ModelReadyResponse:
-        known = request.name == self.model.name and request.version in ("", "1")
-        return kpb.ModelReadyResponse(ready=known and not self.drain.closed)
+        return kpb.ModelReadyResponse(ready=self.model.serves(request.name, request.version))
 
     async def ServerMetadata(
         self, request: kpb.ServerMetadataRequest, context: Any

@@ -1,0 +1,225 @@
+"""KServe v2 sequences under limits, auth and drain: per-client ids, refusals that change nothing,
+idle expiry, open probes, TLS and tokens with tritonclient's own options."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import tritonclient.grpc as tg
+import tritonclient.grpc.aio as tga
+from conftest import ServerThread, keep_model_busy, random_frames, reference_embeddings
+from kserve_client import MODEL, OUTPUT, InferenceServerException, frames_input, step
+from pki import CertificateAuthority, Identity
+
+from vidlstm.models import InferenceModel
+from vidlstm.service import ServerSettings
+
+ATOL = 1e-5
+FRAME = np.zeros((84, 84, 1), np.uint8)
+
+
+@contextlib.contextmanager
+def _server(model: InferenceModel, **settings: object) -> Iterator[ServerThread]:
+    running = ServerThread(ServerSettings(port=0, **settings), model)  # type: ignore[arg-type]
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+def test_sequence_ids_are_scoped_per_token(model: InferenceModel) -> None:
+    """Two clients use the same id: each gets its own sequence, neither can step or end the other's."""
+    frames = random_frames(np.random.default_rng(20), 3)
+    with (
+        _server(model, auth_tokens=("alice", "bob")) as running,
+        tg.InferenceServerClient(running.address) as t,
+    ):
+        alice, bob = _bearer("alice"), _bearer("bob")
+        step(t, 7, frames[0], start=True, headers=alice)
+        with pytest.raises(InferenceServerException, match="START flag"):
+            step(t, 7, frames[1], headers=bob)  # bob has no sequence 7: alice's is not his
+        bob_first = step(t, 7, frames[2], start=True, end=True, headers=bob)
+        alice_rest = [step(t, 7, frames[i], end=i == 2, headers=alice) for i in (1, 2)]
+        assert running.live_envs == 0
+    np.testing.assert_allclose(bob_first, reference_embeddings(model, frames[2:])[0], atol=ATOL, rtol=0)
+    np.testing.assert_allclose(alice_rest, reference_embeddings(model, frames)[1:], atol=ATOL, rtol=0)
+
+
+def test_inference_needs_a_token_but_the_probes_do_not(model: InferenceModel) -> None:
+    with _server(model, auth_tokens=("secret",)) as running, tg.InferenceServerClient(running.address) as t:
+        assert t.is_server_live()
+        assert t.is_server_ready()
+        with pytest.raises(InferenceServerException, match="bearer token") as refused:
+            t.infer(MODEL, [frames_input(FRAME[None])])
+        assert refused.value.status() == "StatusCode.UNAUTHENTICATED"
+        with pytest.raises(InferenceServerException, match="bearer token"):
+            t.get_model_metadata(MODEL)
+        t.infer(MODEL, [frames_input(FRAME[None])], headers=_bearer("secret"))
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Identity]:
+    ca = CertificateAuthority(tmp_path_factory.mktemp("pki"), "ca")
+    return {
+        "ca": ca.identity,
+        "server": ca.issue("server", server=True),
+        "actor-1": ca.issue("actor-1", server=False),
+        "actor-2": ca.issue("actor-2", server=False),
+    }
+
+
+def test_mutual_tls_scopes_sequences_per_client_certificate(
+    model: InferenceModel, pki: dict[str, Identity]
+) -> None:
+    frames = random_frames(np.random.default_rng(21), 2)
+    settings = {"tls_cert": pki["server"].cert, "tls_key": pki["server"].key, "tls_client_ca": pki["ca"].cert}
+
+    def client(name: str) -> tg.InferenceServerClient:
+        return tg.InferenceServerClient(
+            running.address.replace("127.0.0.1", "localhost"),
+            ssl=True,
+            root_certificates=str(pki["ca"].cert),
+            private_key=str(pki[name].key),
+            certificate_chain=str(pki[name].cert),
+        )
+
+    with _server(model, **settings) as running, client("actor-1") as one, client("actor-2") as two:
+        step(one, 3, frames[0], start=True)
+        with pytest.raises(InferenceServerException, match="START flag"):
+            step(two, 3, frames[1])
+        second = step(one, 3, frames[1], end=True)
+    np.testing.assert_allclose(second, reference_embeddings(model, frames)[1], atol=ATOL, rtol=0)
+
+
+def test_the_per_client_sequence_limit_refuses_new_sequences_only(model: InferenceModel) -> None:
+    frames = random_frames(np.random.default_rng(22), 3)
+    with (
+        _server(model, max_sequences_per_client=2) as running,
+        tg.InferenceServerClient(running.address) as t,
+    ):
+        firsts = [step(t, i, frames[0], start=True) for i in (1, 2)]
+        with pytest.raises(InferenceServerException, match="limit is 2") as refused:
+            step(t, 3, frames[0], start=True)
+        assert refused.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+        assert running.live_envs == 2
+        with pytest.raises(InferenceServerException, match="START flag"):
+            step(t, 3, frames[1])  # the refused START created nothing
+        seconds = [step(t, i, frames[1], end=True) for i in (1, 2)]
+        step(t, 3, frames[0], start=True, end=True)  # room again
+    want = reference_embeddings(model, frames[:2])
+    for first, second in zip(firsts, seconds, strict=True):
+        np.testing.assert_allclose([first, second], want, atol=ATOL, rtol=0)
+
+
+def test_a_start_refused_for_a_full_queue_creates_no_sequence(model: InferenceModel) -> None:
+    """START requests sent while the queue is full are refused; each left no sequence behind (the
+    next request without START is refused as unknown) and no state slot held."""
+    frames = random_frames(np.random.default_rng(23), 2)
+
+    statuses: list[str] = []
+
+    async def scenario(address: str) -> int:
+        refused = 0
+        async with tga.InferenceServerClient(address) as triton:
+            for _ in range(4):
+                busy = asyncio.ensure_future(keep_model_busy(address, 4))
+                sequence_id = 1000
+                while not busy.done():
+                    sequence_id += 1
+                    try:
+                        await triton.infer(
+                            MODEL, [frames_input(frames[:1])], sequence_id=sequence_id, sequence_start=True
+                        )
+                    except InferenceServerException as error:
+                        statuses.append(error.status())
+                        refused += 1
+                        with pytest.raises(InferenceServerException, match="START flag"):
+                            await triton.infer(MODEL, [frames_input(frames[1:])], sequence_id=sequence_id)
+                        continue
+                    await triton.infer(
+                        MODEL, [frames_input(frames[1:])], sequence_id=sequence_id, sequence_end=True
+                    )
+                    await asyncio.sleep(0.01)
+                await busy
+                if refused:
+                    return refused
+        return refused
+
+    with _server(model, max_queued_jobs=1) as running:
+        assert asyncio.run(scenario(running.address)) > 0, "the queue never filled: nothing was tested"
+        assert running.live_envs == 0
+    assert set(statuses) == {"StatusCode.RESOURCE_EXHAUSTED"}
+
+
+def test_an_idle_sequence_expires_and_frees_its_state(model: InferenceModel) -> None:
+    with (
+        _server(model, sequence_idle_timeout_s=0.5) as running,
+        tg.InferenceServerClient(running.address) as t,
+    ):
+        step(t, 1, FRAME, start=True)
+        assert running.live_envs == 1
+        deadline = time.monotonic() + 10
+        while running.live_envs and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert running.live_envs == 0
+        with pytest.raises(InferenceServerException, match=r"idle for more than 0\.5 s"):
+            step(t, 1, FRAME)
+
+
+def test_during_drain_server_ready_is_false_and_new_calls_are_refused(model: InferenceModel) -> None:
+    with _server(model) as running, tg.InferenceServerClient(running.address) as t:
+        step(t, 1, FRAME, start=True)
+        running.loop.call_soon_threadsafe(running.running.drain.close)
+        time.sleep(0.2)
+        assert t.is_server_live()
+        assert not t.is_server_ready()
+        for call in (lambda: step(t, 1, FRAME), lambda: t.is_model_ready(MODEL)):
+            with pytest.raises(InferenceServerException, match="shutting down") as refused:
+                call()
+            assert refused.value.status() == "StatusCode.UNAVAILABLE"
+
+
+def test_a_stream_carries_on_while_the_server_drains(model: InferenceModel) -> None:
+    """An open ModelStreamInfer is a call in flight: it keeps being answered during the grace period."""
+    frames = random_frames(np.random.default_rng(24), 3)
+
+    async def scenario(running: ServerThread) -> list[np.ndarray]:
+        requests: asyncio.Queue[dict[str, object] | None] = asyncio.Queue()
+
+        async def feed():  # type: ignore[no-untyped-def]
+            while (request := await requests.get()) is not None:
+                yield request
+
+        out = []
+        async with tga.InferenceServerClient(running.address) as triton:
+            responses = triton.stream_infer(feed()).__aiter__()
+            for t, frame in enumerate(frames):
+                if t == 1:
+                    running.loop.call_soon_threadsafe(running.running.drain.close)
+                await requests.put(
+                    {
+                        "model_name": MODEL,
+                        "inputs": [frames_input(frame[None])],
+                        "sequence_id": 9,
+                        "sequence_start": t == 0,
+                        "sequence_end": t == 2,
+                    }
+                )
+                result, error = await anext(responses)
+                assert error is None, error
+                out.append(result.as_numpy(OUTPUT)[0])
+            await requests.put(None)
+        return out
+
+    with _server(model) as running:
+        got = asyncio.run(scenario(running))
+    np.testing.assert_allclose(got, reference_embeddings(model, frames), atol=ATOL, rtol=0)
