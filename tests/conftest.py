@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -114,6 +115,16 @@ class ServeProcess:
         self._reader.join(timeout=10)
         if self.process.stdout is not None:
             self.process.stdout.close()
+
+
+@contextlib.contextmanager
+def serving(model: InferenceModel, **settings: object) -> Iterator[ServerThread]:
+    """A server with `settings` on a free port, stopped however the test ends (a failed assertion too)."""
+    running = ServerThread(ServerSettings(port=0, **settings), model)  # type: ignore[arg-type]
+    try:
+        yield running
+    finally:
+        running.stop()
 
 
 @pytest.fixture(scope="session")

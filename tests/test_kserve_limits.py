@@ -4,32 +4,20 @@ idle expiry, open probes, TLS and tokens with tritonclient's own options."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import tritonclient.grpc as tg
 import tritonclient.grpc.aio as tga
-from conftest import ServerThread, keep_model_busy, random_frames, reference_embeddings
+from conftest import ServerThread, keep_model_busy, random_frames, reference_embeddings, serving
 from kserve_client import MODEL, OUTPUT, InferenceServerException, frames_input, step
 from pki import CertificateAuthority, Identity
 
 from vidlstm.models import InferenceModel
-from vidlstm.service import ServerSettings
 
 ATOL = 1e-5
 FRAME = np.zeros((84, 84, 1), np.uint8)
-
-
-@contextlib.contextmanager
-def _server(model: InferenceModel, **settings: object) -> Iterator[ServerThread]:
-    running = ServerThread(ServerSettings(port=0, **settings), model)  # type: ignore[arg-type]
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 def _bearer(token: str) -> dict[str, str]:
@@ -40,7 +28,7 @@ def test_sequence_ids_are_scoped_per_token(model: InferenceModel) -> None:
     """Two clients use the same id: each gets its own sequence, neither can step or end the other's."""
     frames = random_frames(np.random.default_rng(20), 3)
     with (
-        _server(model, auth_tokens=("alice", "bob")) as running,
+        serving(model, auth_tokens=("alice", "bob")) as running,
         tg.InferenceServerClient(running.address) as t,
     ):
         alice, bob = _bearer("alice"), _bearer("bob")
@@ -55,7 +43,7 @@ def test_sequence_ids_are_scoped_per_token(model: InferenceModel) -> None:
 
 
 def test_inference_needs_a_token_but_the_probes_do_not(model: InferenceModel) -> None:
-    with _server(model, auth_tokens=("secret",)) as running, tg.InferenceServerClient(running.address) as t:
+    with serving(model, auth_tokens=("secret",)) as running, tg.InferenceServerClient(running.address) as t:
         assert t.is_server_live()
         assert t.is_server_ready()
         with pytest.raises(InferenceServerException, match="bearer token") as refused:
@@ -92,7 +80,7 @@ def test_mutual_tls_scopes_sequences_per_client_certificate(
             certificate_chain=str(pki[name].cert),
         )
 
-    with _server(model, **settings) as running, client("actor-1") as one, client("actor-2") as two:
+    with serving(model, **settings) as running, client("actor-1") as one, client("actor-2") as two:
         step(one, 3, frames[0], start=True)
         with pytest.raises(InferenceServerException, match="START flag"):
             step(two, 3, frames[1])
@@ -103,7 +91,7 @@ def test_mutual_tls_scopes_sequences_per_client_certificate(
 def test_the_per_client_sequence_limit_refuses_new_sequences_only(model: InferenceModel) -> None:
     frames = random_frames(np.random.default_rng(22), 3)
     with (
-        _server(model, max_sequences_per_client=2) as running,
+        serving(model, max_sequences_per_client=2) as running,
         tg.InferenceServerClient(running.address) as t,
     ):
         firsts = [step(t, i, frames[0], start=True) for i in (1, 2)]
@@ -154,7 +142,7 @@ def test_a_start_refused_for_a_full_queue_creates_no_sequence(model: InferenceMo
                     return refused
         return refused
 
-    with _server(model, max_queued_jobs=1) as running:
+    with serving(model, max_queued_jobs=1) as running:
         assert asyncio.run(scenario(running.address)) > 0, "the queue never filled: nothing was tested"
         assert running.live_envs == 0
     assert set(statuses) == {"StatusCode.RESOURCE_EXHAUSTED"}
@@ -162,7 +150,7 @@ def test_a_start_refused_for_a_full_queue_creates_no_sequence(model: InferenceMo
 
 def test_an_idle_sequence_expires_and_frees_its_state(model: InferenceModel) -> None:
     with (
-        _server(model, sequence_idle_timeout_s=0.5) as running,
+        serving(model, sequence_idle_timeout_s=0.5) as running,
         tg.InferenceServerClient(running.address) as t,
     ):
         step(t, 1, FRAME, start=True)
@@ -176,7 +164,7 @@ def test_an_idle_sequence_expires_and_frees_its_state(model: InferenceModel) -> 
 
 
 def test_during_drain_server_ready_is_false_and_new_calls_are_refused(model: InferenceModel) -> None:
-    with _server(model) as running, tg.InferenceServerClient(running.address) as t:
+    with serving(model) as running, tg.InferenceServerClient(running.address) as t:
         step(t, 1, FRAME, start=True)
         running.loop.call_soon_threadsafe(running.running.drain.close)
         time.sleep(0.2)
@@ -220,6 +208,6 @@ def test_a_stream_carries_on_while_the_server_drains(model: InferenceModel) -> N
             await requests.put(None)
         return out
 
-    with _server(model) as running:
+    with serving(model) as running:
         got = asyncio.run(scenario(running))
     np.testing.assert_allclose(got, reference_embeddings(model, frames), atol=ATOL, rtol=0)

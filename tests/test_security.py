@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,7 +10,7 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import pytest
-from conftest import ServerThread
+from conftest import ServerThread, serving
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pki import CertificateAuthority, Identity
 
@@ -42,25 +41,15 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Identity]:
     }
 
 
-@contextlib.contextmanager
-def _server(model: InferenceModel, **settings: object) -> Iterator[ServerThread]:
-    """A server that is stopped however the test ends, a failed assertion included."""
-    running = ServerThread(ServerSettings(port=0, **settings), model)  # type: ignore[arg-type]
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
 @pytest.fixture(scope="module")
 def tls_server(model: InferenceModel, pki: dict[str, Identity]) -> Iterator[ServerThread]:
-    with _server(model, tls_cert=pki["server"].cert, tls_key=pki["server"].key) as running:
+    with serving(model, tls_cert=pki["server"].cert, tls_key=pki["server"].key) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def mtls_server(model: InferenceModel, pki: dict[str, Identity]) -> Iterator[ServerThread]:
-    with _server(
+    with serving(
         model, tls_cert=pki["server"].cert, tls_key=pki["server"].key, tls_client_ca=pki["ca"].cert
     ) as running:
         yield running
@@ -68,7 +57,7 @@ def mtls_server(model: InferenceModel, pki: dict[str, Identity]) -> Iterator[Ser
 
 @pytest.fixture(scope="module")
 def auth_server(model: InferenceModel) -> Iterator[ServerThread]:
-    with _server(model, auth_tokens=("alpha-token", "beta-token"), max_streams_per_client=2) as running:
+    with serving(model, auth_tokens=("alpha-token", "beta-token"), max_streams_per_client=2) as running:
         yield running
 
 
@@ -145,7 +134,7 @@ def test_streams_per_client_are_limited(auth_server: ServerThread) -> None:
 
 
 def test_calls_without_a_deadline_get_the_servers_default(model: InferenceModel) -> None:
-    with _server(model, default_deadline_s=0.05) as running:
+    with serving(model, default_deadline_s=0.05) as running:
         frames = pb.Frames(
             raw=pb.RawFrames(shape=[2000, 84, 84, 1], pixel_format=pb.GRAY, data=bytes(2000 * 84 * 84))
         )
@@ -170,7 +159,7 @@ def test_half_a_tls_configuration_is_refused(pki: dict[str, Identity], model: In
 def test_without_tokens_streams_are_limited_per_peer_address(model: InferenceModel) -> None:
     """No auth: every connection from one address counts as one client."""
     with (
-        _server(model, max_streams_per_client=2) as running,
+        serving(model, max_streams_per_client=2) as running,
         EncoderClient(running.address) as first,
         EncoderClient(running.address) as second,  # another connection, the same address
         first.session(pixel_format="GRAY") as one,
