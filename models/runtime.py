@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,9 +86,8 @@ class InferenceModel:
         self._pad = self.compile or self.device.type == "cuda"
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # padded batches: a few shapes, each tuned once
-        self._features: Callable[[torch.Tensor], torch.Tensor] = (
-            self._compiled() if self.compile else self.model.features
-        )
+        if self.compile:
+            self._compile_encoder()
 
     @property
     def spec(self) -> ModelSpec:
@@ -126,7 +124,7 @@ class InferenceModel:
         if self._pad and batch_bucket(count) != count:
             padding = frames.new_zeros(batch_bucket(count) - count, *frames.shape[1:])
             frames = torch.cat([frames, padding])
-        return self._features(frames)[:count].float()
+        return self.model.features(frames)[:count].float()
 
     def stack(
         self, frames: torch.Tensor, state: State, episode_start: torch.Tensor
@@ -171,15 +169,16 @@ class InferenceModel:
         encoder.register_forward_pre_hook(lambda _module, args: (args[0].to(dtype),))
         encoder.register_forward_hook(lambda _module, _args, output: output.float())
 
-    def _compiled(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The CNN through torch.compile. On CPU one static graph per batch bucket: measured here,
-        a graph with a dynamic batch ran slower than eager mode. On CUDA one graph with a dynamic
-        batch (cuDNN runs the convolutions either way)."""
+    def _compile_encoder(self) -> None:
+        """The CNN through torch.compile, frozen (weights as constants: oneDNN prepacks them on
+        CPU). On CPU one static graph per batch bucket: measured here, a graph with a dynamic batch
+        ran slower than eager mode. On CUDA one graph with a dynamic batch (cuDNN runs the
+        convolutions either way). Normalisation stays outside: frozen, it hit an Inductor bug."""
         _check_compiler(self.device)
         buckets = 16  # powers of two up to 32768 frames: each CPU bucket is one graph, none evicted
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, buckets)
         dynamic = None if self.device.type == "cuda" else False
-        return torch.compile(self.model.features, dynamic=dynamic)
+        self.model.encoder.compile(dynamic=dynamic, options={"freezing": True})
 
 
 def _check_compiler(device: torch.device) -> None:
