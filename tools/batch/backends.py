@@ -1,94 +1,134 @@
-"""Where the embeddings come from: the model in this process, or a server's EncodeVideo RPC."""
+"""The middle step of a run, execute: where the embeddings come from. The model in this process fed
+by decoder processes, or a server's EncodeVideo RPC with several uploads in flight; both take a
+plan's `todo` list and yield each video as it finishes, in any order."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
-
-import numpy as np
 
 from vidlstm.clients import EncoderClient, FrameSelection
 
 from .outputs import EncodedVideo
+from .plan import Task
 
 if TYPE_CHECKING:
     from vidlstm.models import InferenceModel
 
-__all__ = ["Backend", "LocalBackend", "RemoteBackend"]
+__all__ = ["Backend", "Finished", "LocalBackend", "RemoteBackend"]
 
 Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A video's result (`video`) or why it failed (`error`)."""
+
+    task: Task
+    video: EncodedVideo | None
+    error: Exception | None
+    seconds: float
 
 
 class Backend(Protocol):
     weights_hash: str
     spec_json: str
-    precision: str | None  # the CNN's arithmetic; None where it is not known (a server's)
+    # Its options that change results (precision, ...): in the resume fingerprint and the outputs.
+    result_options: dict[str, Any]
 
-    def encode(
-        self, path: Path, selection: FrameSelection, *, save_state: bool, progress: Progress
-    ) -> EncodedVideo: ...
+    def encode_all(
+        self, tasks: list[Task], selection: FrameSelection, *, save_state: bool, progress: Progress
+    ) -> Iterator[Finished]: ...
 
 
 class LocalBackend:
-    """Decodes in a worker thread and runs the model here (needs vidlstm[server])."""
+    """`jobs` decoder processes feeding the model in this process (needs vidlstm[server])."""
 
     def __init__(
-        self, model: InferenceModel, *, decoder: str, decoder_threads: int, chunk_frames: int
+        self,
+        model: InferenceModel,
+        *,
+        jobs: int,
+        decoder: str,
+        decoder_threads: int,
+        opencv_threads: int,
+        chunk_frames: int,
     ) -> None:
         self.model = model
+        self.jobs = jobs
         self.decoder = decoder
         self.decoder_threads = decoder_threads
+        self.opencv_threads = opencv_threads
         self.chunk_frames = chunk_frames
         self.weights_hash = model.weights_hash
         self.spec_json = model.spec.to_json()
-        self.precision: str | None = model.precision
+        # fp32 left out: earlier outputs (all fp32) stay done
+        self.result_options: dict[str, Any] = (
+            {} if model.precision == "fp32" else {"precision": model.precision}
+        )
 
-    def encode(
-        self, path: Path, selection: FrameSelection, *, save_state: bool, progress: Progress
-    ) -> EncodedVideo:
-        from vidlstm.models.video import probe_video
-        from vidlstm.models.video_pipeline import encode_video
+    def encode_all(
+        self, tasks: list[Task], selection: FrameSelection, *, save_state: bool, progress: Progress
+    ) -> Iterator[Finished]:
+        from .decoders import DecodeOptions
+        from .parallel import encode_in_parallel
 
-        info = probe_video(path)
-        parts, state = [], self.model.initial_state(1)  # no frame kept: the episode's zero state
-        for chunk in encode_video(
-            self.model,
-            path,
+        options = DecodeOptions(
+            self.model.input_spec,
             selection,
-            chunk_frames=self.chunk_frames,
-            backend=self.decoder,
-            threads=self.decoder_threads,
-        ):
-            parts.append(chunk)
-            state = chunk.state
-            progress(len(chunk.embeddings))
-        final = {k: v[:, 0].cpu().numpy() for k, v in state.items()} if save_state else {}
-        return _joined(
-            [(p.embeddings, p.timestamps_ms, p.indices) for p in parts],
-            self.model.out_size,
-            {"fps": info.fps, "width": info.width, "height": info.height, "codec": info.codec},
-            final,
+            self.chunk_frames,
+            self.decoder,
+            self.decoder_threads,
+            self.opencv_threads,
+        )
+        return encode_in_parallel(
+            self.model, tasks, options, workers=self.jobs, save_state=save_state, progress=progress
         )
 
 
 class RemoteBackend:
-    """Uploads each video to a server's EncodeVideo RPC (light client: no torch here)."""
+    """Uploads to a server's EncodeVideo RPC, `jobs` videos at a time, so that the server's batcher
+    sees several at once (light client: no torch here)."""
 
-    precision: str | None = None  # ModelInfo does not say which precision the server runs
-
-    def __init__(self, client: EncoderClient) -> None:
+    def __init__(self, client: EncoderClient, *, jobs: int) -> None:
         self.client = client
+        self.result_options: dict[str, Any] = {}  # ModelInfo does not say which precision it runs
+        self.jobs = jobs
         info = client.info()
         self.weights_hash = info.weights_hash
         self.spec_json = info.spec_json
         self.embedding_size = info.embedding_size
 
-    def encode(
-        self, path: Path, selection: FrameSelection, *, save_state: bool, progress: Progress
+    def encode_all(
+        self, tasks: list[Task], selection: FrameSelection, *, save_state: bool, progress: Progress
+    ) -> Iterator[Finished]:
+        with ThreadPoolExecutor(self.jobs, thread_name_prefix="vidlstm-upload") as uploads:
+            futures = [uploads.submit(self._encode, t, selection, save_state, progress) for t in tasks]
+            try:
+                for future in as_completed(futures):
+                    yield future.result()
+            finally:
+                for future in futures:
+                    future.cancel()
+
+    def _encode(
+        self, task: Task, selection: FrameSelection, save_state: bool, progress: Progress
+    ) -> Finished:
+        started = time.monotonic()
+        try:
+            video = self._upload(task, selection, save_state, progress)
+        except Exception as error:  # this video's failure: recorded, the others go on
+            return Finished(task, None, error, time.monotonic() - started)
+        return Finished(task, video, None, time.monotonic() - started)
+
+    def _upload(
+        self, task: Task, selection: FrameSelection, save_state: bool, progress: Progress
     ) -> EncodedVideo:
         parts, video_info, final = [], {}, {}
-        for part in self.client.encode_video(path, selection, return_state=save_state):
+        for part in self.client.encode_video(task.path, selection, return_state=save_state):
             if part.summary is not None:
                 s = part.summary
                 video_info = {"fps": s.fps, "width": s.width, "height": s.height, "codec": s.codec}
@@ -96,19 +136,4 @@ class RemoteBackend:
                 continue
             parts.append((part.embeddings, part.timestamps_ms, part.frame_indices))
             progress(len(part.embeddings))
-        return _joined(parts, self.embedding_size, video_info, final)
-
-
-def _joined(
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-    embedding_size: int,
-    info: dict[str, Any],
-    final_state: dict[str, np.ndarray],
-) -> EncodedVideo:
-    if not parts:
-        empty = np.zeros(0)
-        return EncodedVideo(
-            np.zeros((0, embedding_size), np.float32), empty, empty.astype(np.int64), info, final_state
-        )
-    embeddings, times, indices = (np.concatenate(column) for column in zip(*parts, strict=True))
-    return EncodedVideo(embeddings.astype(np.float32), times, indices.astype(np.int64), info, final_state)
+        return EncodedVideo.joined(parts, self.embedding_size, video_info, final)

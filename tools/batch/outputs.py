@@ -31,6 +31,22 @@ class EncodedVideo:
     metadata: dict[str, Any]  # source, size, fps, width, height, spec, weights hash, options
     final_state: dict[str, np.ndarray] = field(default_factory=dict)  # when asked for
 
+    @classmethod
+    def joined(
+        cls,
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+        embedding_size: int,
+        metadata: dict[str, Any],
+        final_state: dict[str, np.ndarray],
+    ) -> EncodedVideo:
+        """One video from its parts in order: (embeddings [n, D], timestamps_ms [n], indices [n])."""
+        if not parts:
+            empty = np.zeros(0)
+            embeddings = np.zeros((0, embedding_size), np.float32)
+            return cls(embeddings, empty, empty.astype(np.int64), metadata, final_state)
+        embeddings, times, indices = (np.concatenate(column) for column in zip(*parts, strict=True))
+        return cls(embeddings.astype(np.float32), times, indices.astype(np.int64), metadata, final_state)
+
 
 def output_paths(out_dir: Path, relative: Path, fmt: str) -> list[Path]:
     """The file(s) a video's output consists of; the last one written marks it complete."""
