@@ -9,12 +9,13 @@ from typing import Any
 
 import grpc
 
-__all__ = ["OPEN_SERVICES", "BearerTokenInterceptor"]
+__all__ = ["OPEN_SERVICES", "BearerTokenInterceptor", "bearer_token"]
 
 OPEN_SERVICES = (  # prefixes of full method names
     "/grpc.health.v1.Health/",
     "/inference.GRPCInferenceService/ServerLive",
     "/inference.GRPCInferenceService/ServerReady",
+    "/inference.GRPCInferenceService/ModelReady",
 )
 _MESSAGE = "missing or wrong bearer token: send metadata 'authorization: Bearer <token>'"
 
@@ -29,7 +30,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, tokens: Sequence[str]) -> None:
         if not tokens or any(not t for t in tokens):
             raise ValueError("auth tokens must be non-empty strings")
-        self._expected = [f"Bearer {token}".encode() for token in tokens]
+        self._expected = [token.encode() for token in tokens]
 
     async def intercept_service(
         self,
@@ -42,11 +43,18 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return _denying(handler)
 
     def _allowed(self, details: grpc.HandlerCallDetails) -> bool:
-        presented = next(
-            (str(value) for key, value in details.invocation_metadata or () if key == "authorization"), ""
-        ).encode()
+        presented = (bearer_token(details.invocation_metadata) or "").encode()
         matches = [hmac.compare_digest(presented, expected) for expected in self._expected]
         return any(matches)
+
+
+def bearer_token(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
+    """The token of an `authorization: Bearer <token>` entry (the scheme in any case, RFC 7235)."""
+    for key, value in metadata or ():
+        if key == "authorization":
+            scheme, _, token = str(value).strip().partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else None
+    return None
 
 
 def _denying(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:

@@ -7,15 +7,18 @@ from typing import Any
 
 import grpc
 
+from .auth import bearer_token
+
 __all__ = ["authenticated_client", "client_key"]
 
 
 def authenticated_client(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
     """The caller's credential: its bearer token (hashed), else its client certificate's identity
-    (mutual TLS); None when the call carries neither."""
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization":
-            return "token:" + hashlib.sha256(str(value).encode()).hexdigest()[:16]
+    under mutual TLS (the subject names gRPC reports: its SANs, else its CN, as the trusted CA issued
+    them); None when the call carries neither."""
+    token = bearer_token(context.invocation_metadata())
+    if token is not None:
+        return "token:" + hashlib.sha256(token.encode()).hexdigest()[:16]
     identities = context.peer_identities()
     if identities:
         return "cert:" + b",".join(identities).decode(errors="replace")

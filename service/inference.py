@@ -26,7 +26,7 @@ from .batcher import Batcher
 from .convert import ResponseBudget
 from .engine import Job, PerEnvState, zero_state
 from .errors import InvalidArgument
-from .sequences import SequenceRegistry, Ticket
+from .sequences import SequenceRegistry, Ticket, shown
 from .streams import StreamRegistry, StreamState
 from .video import VideoLimits, VideoService
 
@@ -217,7 +217,7 @@ class InferenceCore:
         await ticket.turn()
         if not start and ticket.slot is None:
             raise InvalidArgument(
-                f"inference request for sequence {ticket.key.sequence_id!r} must specify the START flag "
+                f"inference request for sequence {shown(ticket.key.sequence_id)} must specify the START flag "
                 "on the first request of the sequence (it was never started, has ended, or was idle "
                 f"for more than {self.sequence_idle_timeout:g} s)"
             )

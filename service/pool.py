@@ -44,8 +44,9 @@ class StatePool:
     def allocate(self, count: int) -> list[int]:
         if count > len(self._free):
             raise ResourceExhausted(
-                f"the server holds state for {self.live} envs and has room for {len(self._free)} more; "
-                f"release envs or raise --state-capacity (now {self.capacity})"
+                f"the server holds state for {self.live} envs and sequences and has room for "
+                f"{len(self._free)} more; release envs, end sequences or raise --state-capacity "
+                f"(now {self.capacity})"
             )
         slots = [self._free.pop() for _ in range(count)]
         self._uninstalled.update(slots)

@@ -18,9 +18,15 @@ from dataclasses import dataclass, field
 from .errors import ResourceExhausted
 from .pool import StatePool
 
-__all__ = ["SequenceId", "SequenceKey", "SequenceRegistry", "Ticket"]
+__all__ = ["SequenceId", "SequenceKey", "SequenceRegistry", "Ticket", "shown"]
 
 SequenceId = int | str  # Triton's correlation id: an integer (int64 or uint64) or a string
+
+
+def shown(sequence_id: SequenceId) -> str:
+    """The id as error messages show it: long string ids cut short (a message is one header)."""
+    text = repr(sequence_id)
+    return text if len(text) <= 40 else f"{text[:37]}...'"
 
 
 @dataclass(frozen=True)
@@ -101,10 +107,10 @@ class SequenceRegistry:
             return False
         client = ticket.key.client
         if self._started[client] >= self.max_sequences_per_client:
+            who = "this client has" if client else "all clients together have (auth is off: one count)"
             raise ResourceExhausted(
-                f"{'this client has' if client else 'clients have'} {self._started[client]} sequences "
-                f"open, the limit is {self.max_sequences_per_client}; end sequences (sequence_end) "
-                "before starting new ones"
+                f"{who} {self._started[client]} sequences open, the limit per client is "
+                f"{self.max_sequences_per_client}; end sequences (sequence_end) before starting new ones"
             )
         sequence.slot = self.pool.allocate(1)[0]
         self._started[client] += 1

@@ -215,9 +215,14 @@ async def serve(settings: ServerSettings) -> None:
     """
     log.info("settings: %r", settings)
     model = load_inference_model(
-        model=settings.model, spec=settings.spec, device=settings.device, threads=settings.threads
+        model=settings.model,
+        spec=settings.spec,
+        device=settings.device,
+        threads=settings.threads,
+        precision=settings.precision,
+        compile=settings.compile,
     )
-    model.warm_up()
+    model.warm_up(settings.max_batch_size)
     running = await create_server(settings, model)
     try:
         stop_metrics = _serve_metrics(running.metrics, settings)
@@ -227,12 +232,14 @@ async def serve(settings: ServerSettings) -> None:
             f"could not serve metrics on {settings.host}:{settings.metrics_port}: {error}"
         ) from None
     log.info(
-        "serving model %r (%s, embedding %d, weights %s) on %s, listening on %s:%d",
+        "serving model %r (%s, embedding %d, weights %s) on %s (%s%s), listening on %s:%d",
         model.model.spec.name,
         model.model.spec.encoder.name,
         model.model.out_size,
         model.weights_hash[:12],
         model.device,
+        model.precision,
+        ", compiled" if model.compile else "",
         settings.host,
         running.port,
     )

@@ -41,6 +41,12 @@ class ServerSettings(BaseSettings):
     )
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     threads: Positive | None = Field(None, description="torch intra-op threads (default: one per core)")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="the CNN's arithmetic (LSTM and state stay fp32; weights_hash unchanged)"
+    )
+    compile: bool = Field(
+        False, description="torch.compile the CNN during warm-up, before SERVING (CPU: needs g++)"
+    )
     max_message_bytes: Positive = Field(64 * MiB, description="largest request or response message")
     max_batch_size: Positive = Field(256, description="most frames in one model call")
     max_queue_delay_ms: float = Field(

@@ -188,6 +188,17 @@ def test_integer_and_string_ids_are_distinct_and_int64_wraps_like_uint64(
     step(client, 5, frames[1], end=True)
 
 
+def test_string_ids_are_bounded_and_shown_short(client: tg.InferenceServerClient) -> None:
+    """A held sequence keeps its id: ids over 256 bytes are refused, and messages cut ids short (a
+    20 kB id echoed whole would exceed gRPC's metadata limit and arrive as another error)."""
+    with pytest.raises(InferenceServerException, match="at most 256") as refused:
+        step(client, "x" * 20_000, np.zeros((84, 84, 1), np.uint8))
+    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert len(refused.value.message()) < 300
+    with pytest.raises(InferenceServerException, match=r"sequence 'yyyy.*\.\.\.' must specify the START"):
+        step(client, "y" * 256, np.zeros((84, 84, 1), np.uint8))
+
+
 def test_requests_without_a_sequence_id_are_one_step_episodes(
     client: tg.InferenceServerClient, model: InferenceModel
 ) -> None:
@@ -233,8 +244,9 @@ def test_rgb_frames_of_another_size_are_converted_like_v1_raw_frames(
         (lambda r: r.parameters["sequence_start"].__setattr__("int64_param", 1), "must be a bool"),
         (lambda r: r.inputs[0].parameters["shared_memory_region"].__setattr__("string_param", "x"), "shared"),
         (lambda r: r.inputs[0].shape.__setitem__(0, 2), "batch-size 1"),
+        (lambda r: r.inputs[0].contents.uint_contents.extend([0] * 84 * 84), "both raw_input_contents and"),
     ],
-    ids=["dtype", "name", "channels", "raw-size", "output", "id-type", "flag-type", "shm", "batch"],
+    ids=["dtype", "name", "channels", "raw-size", "output", "id-type", "flag-type", "shm", "batch", "both"],
 )
 def test_a_malformed_request_is_refused_and_changes_nothing(
     server: ServerThread, client: tg.InferenceServerClient, model: InferenceModel, change, message
@@ -308,9 +320,12 @@ def test_metadata_and_config_describe_the_model_for_perf_analyzer(
 def test_statistics_count_the_models_requests(client: tg.InferenceServerClient) -> None:
     before = client.get_inference_statistics(MODEL).model_stats[0]
     client.infer(MODEL, [frames_input(np.zeros((3, 84, 84, 1), np.uint8))])
+    with pytest.raises(InferenceServerException):
+        client.infer(MODEL, [frames_input(np.zeros((1, 84, 84, 2), np.uint8))])
     after = client.get_inference_statistics(MODEL).model_stats[0]
     assert after.inference_count - before.inference_count >= 3
     assert after.inference_stats.success.count > before.inference_stats.success.count
+    assert after.inference_stats.fail.count > before.inference_stats.fail.count
     stats = after.inference_stats
     assert stats.compute_input.count == stats.compute_infer.count == stats.compute_output.count
 
@@ -321,6 +336,8 @@ def test_unimplemented_methods_say_why(client: tg.InferenceServerClient) -> None
     assert refused.value.status() == "StatusCode.UNIMPLEMENTED"
     with pytest.raises(InferenceServerException, match="shared memory"):
         client.get_system_shared_memory_status()
+    with pytest.raises(InferenceServerException, match="no request tracing"):
+        client.get_trace_settings()
 
 
 def test_custom_names_from_settings(model: InferenceModel) -> None:

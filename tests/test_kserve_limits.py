@@ -46,12 +46,21 @@ def test_inference_needs_a_token_but_the_probes_do_not(model: InferenceModel) ->
     with serving(model, auth_tokens=("secret",)) as running, tg.InferenceServerClient(running.address) as t:
         assert t.is_server_live()
         assert t.is_server_ready()
+        assert t.is_model_ready(MODEL)
         with pytest.raises(InferenceServerException, match="bearer token") as refused:
             t.infer(MODEL, [frames_input(FRAME[None])])
         assert refused.value.status() == "StatusCode.UNAUTHENTICATED"
         with pytest.raises(InferenceServerException, match="bearer token"):
             t.get_model_metadata(MODEL)
         t.infer(MODEL, [frames_input(FRAME[None])], headers=_bearer("secret"))
+        t.infer(MODEL, [frames_input(FRAME[None])], headers={"authorization": "bearer secret"})
+
+
+def test_the_bearer_scheme_is_case_insensitive_and_names_one_client(model: InferenceModel) -> None:
+    """RFC 7235: "bearer" is "Bearer"; the same token in either spelling is the same client."""
+    with serving(model, auth_tokens=("secret",)) as running, tg.InferenceServerClient(running.address) as t:
+        step(t, 4, FRAME, start=True, headers={"authorization": "bearer secret"})
+        step(t, 4, FRAME, end=True, headers={"authorization": "BEARER  secret"})
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +104,7 @@ def test_the_per_client_sequence_limit_refuses_new_sequences_only(model: Inferen
         tg.InferenceServerClient(running.address) as t,
     ):
         firsts = [step(t, i, frames[0], start=True) for i in (1, 2)]
-        with pytest.raises(InferenceServerException, match="limit is 2") as refused:
+        with pytest.raises(InferenceServerException, match="limit per client is 2") as refused:
             step(t, 3, frames[0], start=True)
         assert refused.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
         assert running.live_envs == 2
@@ -109,43 +118,43 @@ def test_the_per_client_sequence_limit_refuses_new_sequences_only(model: Inferen
 
 
 def test_a_start_refused_for_a_full_queue_creates_no_sequence(model: InferenceModel) -> None:
-    """START requests sent while the queue is full are refused; each left no sequence behind (the
-    next request without START is refused as unknown) and no state slot held."""
+    """8 STARTs at once while a long call holds the model and the queue holds one request: the
+    refused ones leave no sequence behind (the next request without START is refused as unknown)
+    and no state slot held."""
     frames = random_frames(np.random.default_rng(23), 2)
 
-    statuses: list[str] = []
-
-    async def scenario(address: str) -> int:
-        refused = 0
-        async with tga.InferenceServerClient(address) as triton:
-            for _ in range(4):
-                busy = asyncio.ensure_future(keep_model_busy(address, 4))
-                sequence_id = 1000
-                while not busy.done():
-                    sequence_id += 1
-                    try:
-                        await triton.infer(
-                            MODEL, [frames_input(frames[:1])], sequence_id=sequence_id, sequence_start=True
-                        )
-                    except InferenceServerException as error:
-                        statuses.append(error.status())
-                        refused += 1
-                        with pytest.raises(InferenceServerException, match="START flag"):
-                            await triton.infer(MODEL, [frames_input(frames[1:])], sequence_id=sequence_id)
-                        continue
-                    await triton.infer(
-                        MODEL, [frames_input(frames[1:])], sequence_id=sequence_id, sequence_end=True
-                    )
-                    await asyncio.sleep(0.01)
-                await busy
-                if refused:
-                    return refused
-        return refused
+    async def scenario(running: ServerThread) -> list[BaseException | None]:
+        async with tga.InferenceServerClient(running.address) as triton:
+            busy = asyncio.ensure_future(keep_model_busy(running.address, 2))
+            await asyncio.sleep(0.3)  # one long call on the model, the other queued or retrying
+            starts = await asyncio.gather(
+                *(
+                    triton.infer(MODEL, [frames_input(frames[:1])], sequence_id=i, sequence_start=True)
+                    for i in range(1, 9)
+                ),
+                return_exceptions=True,
+            )
+            await busy
+            outcomes: list[BaseException | None] = []
+            for sequence_id, start in enumerate(starts, 1):
+                refused = start if isinstance(start, BaseException) else None
+                outcomes.append(refused)
+                end = triton.infer(
+                    MODEL, [frames_input(frames[1:])], sequence_id=sequence_id, sequence_end=True
+                )
+                if refused is None:
+                    await end
+                    continue
+                with pytest.raises(InferenceServerException, match="START flag"):
+                    await end  # the refused START left no sequence
+        return outcomes
 
     with serving(model, max_queued_jobs=1) as running:
-        assert asyncio.run(scenario(running.address)) > 0, "the queue never filled: nothing was tested"
+        outcomes = asyncio.run(scenario(running))
         assert running.live_envs == 0
-    assert set(statuses) == {"StatusCode.RESOURCE_EXHAUSTED"}
+    refused = [o for o in outcomes if o is not None]
+    assert refused, "the queue never filled: nothing was tested"
+    assert {str(e.status()) for e in refused} == {"StatusCode.RESOURCE_EXHAUSTED"}  # type: ignore[attr-defined]
 
 
 def test_an_idle_sequence_expires_and_frees_its_state(model: InferenceModel) -> None:
@@ -170,10 +179,10 @@ def test_during_drain_server_ready_is_false_and_new_calls_are_refused(model: Inf
         time.sleep(0.2)
         assert t.is_server_live()
         assert not t.is_server_ready()
-        for call in (lambda: step(t, 1, FRAME), lambda: t.is_model_ready(MODEL)):
-            with pytest.raises(InferenceServerException, match="shutting down") as refused:
-                call()
-            assert refused.value.status() == "StatusCode.UNAVAILABLE"
+        assert not t.is_model_ready(MODEL)  # open like ServerReady: KServe probes it
+        with pytest.raises(InferenceServerException, match="shutting down") as refused:
+            step(t, 1, FRAME)
+        assert refused.value.status() == "StatusCode.UNAVAILABLE"
 
 
 def test_a_stream_carries_on_while_the_server_drains(model: InferenceModel) -> None:

@@ -380,7 +380,7 @@ class StatefulServer(RuleBasedStateMachine):
             if answer.error_message:
                 reply = (
                     BUSY
-                    if "room for" in answer.error_message or "limit is" in answer.error_message
+                    if "room for" in answer.error_message or "limit per client" in answer.error_message
                     else INVALID
                 )
             self._check_sequence_step(request, frames[index], reply, expected)

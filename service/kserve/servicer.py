@@ -38,7 +38,8 @@ _SERVICE = kpb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 _NOT_IMPLEMENTED = {
     "RepositoryModel": "it serves the one model it loaded at start",
     "SharedMemory": "send tensor contents in the request instead of shared memory",
-    "Settings": "set logging with the server's settings (--log-level, --log-format)",
+    "TraceSetting": "there is no request tracing; the Prometheus metrics (--metrics-port) time every RPC",
+    "LogSettings": "set logging with the server's settings (--log-level, --log-format)",
 }
 
 
@@ -61,6 +62,7 @@ class KServeServicer:
         self.default_deadline = default_deadline
         self.max_in_flight_per_stream = max_in_flight_per_stream
         self.drain = drain
+        self.failed = 0  # KServe requests that failed, refused ones included: Triton's fail count
 
     def register(self, server: grpc.aio.Server) -> None:
         """Every method of the service: the ones below, the rest answering UNIMPLEMENTED with why."""
@@ -88,7 +90,9 @@ class KServeServicer:
         return kpb.ServerReadyResponse(ready=not self.drain.closed)
 
     async def ModelReady(self, request: kpb.ModelReadyRequest, context: Any) -> kpb.ModelReadyResponse:
-        return kpb.ModelReadyResponse(ready=self.model.serves(request.name, request.version))
+        """Open like ServerReady (KServe uses it as a readiness probe): false while draining."""
+        serves = self.model.serves(request.name, request.version)
+        return kpb.ModelReadyResponse(ready=serves and not self.drain.closed)
 
     async def ServerMetadata(
         self, request: kpb.ServerMetadataRequest, context: Any
@@ -113,7 +117,7 @@ class KServeServicer:
     ) -> kpb.ModelStatisticsResponse:
         if request.name:
             self.model.check(request.name, request.version)
-        statistics = model_statistics(self.model.name, self.core.batcher.stats)
+        statistics = model_statistics(self.model.name, self.core.batcher.stats, self.failed)
         return kpb.ModelStatisticsResponse(model_stats=[statistics])
 
     async def RepositoryIndex(
@@ -174,6 +178,13 @@ class KServeServicer:
                 task.cancel()
 
     async def _infer(self, request: kpb.ModelInferRequest, client: str | None) -> kpb.ModelInferResponse:
+        try:
+            return await self._answer(request, client)
+        except ServiceError:
+            self.failed += 1
+            raise
+
+    async def _answer(self, request: kpb.ModelInferRequest, client: str | None) -> kpb.ModelInferResponse:
         """Everything before the sequence's place in line is taken runs without awaiting."""
         self.model.check(request.model_name, request.model_version)
         control = sequence_control(request.parameters)

@@ -14,7 +14,8 @@ from .model import MODEL_VERSION
 __all__ = ["model_statistics"]
 
 
-def model_statistics(name: str, stats: BatchStats) -> kpb.ModelStatistics:
+def model_statistics(name: str, stats: BatchStats, failed: int) -> kpb.ModelStatistics:
+    """`failed`: KServe requests that failed, refused ones (malformed, over a limit) included."""
     duration = kpb.StatisticDuration
     return kpb.ModelStatistics(
         name=name,
@@ -24,7 +25,7 @@ def model_statistics(name: str, stats: BatchStats) -> kpb.ModelStatistics:
         execution_count=stats.batches,
         inference_stats=kpb.InferStatistics(
             success=duration(count=stats.requests, ns=stats.queue_ns + stats.compute_ns),
-            fail=duration(count=stats.failed_requests),
+            fail=duration(count=failed),
             queue=duration(count=stats.requests + stats.failed_requests, ns=stats.queue_ns),
             compute_input=duration(count=stats.requests),
             compute_infer=duration(count=stats.requests, ns=stats.compute_ns),

@@ -13,10 +13,12 @@ from vidlstm.models import PixelFormat
 
 from ..convert import FrameLimits, check_frame_shape
 from ..errors import InvalidArgument
-from ..sequences import SequenceId
+from ..sequences import SequenceId, shown
 from .model import MODEL_VERSION, KServeModel
 
 __all__ = ["SequenceControl", "check_outputs", "infer_response", "input_frames", "sequence_control"]
+
+MAX_STRING_ID_BYTES = 256  # a server-held sequence keeps its id: bounded, like everything it holds
 
 _FORMAT_BY_CHANNELS = {1: PixelFormat.GRAY, 3: PixelFormat.RGB}
 _UNSUPPORTED_PARAMETERS = {
@@ -44,6 +46,11 @@ def sequence_control(parameters: Any) -> SequenceControl:
         if kind not in ("int64_param", "uint64_param", "string_param"):
             raise InvalidArgument(f"parameter sequence_id must be an int64, uint64 or string, got {kind}")
         raw: SequenceId = getattr(value, kind)
+        if isinstance(raw, str) and len(raw.encode()) > MAX_STRING_ID_BYTES:
+            raise InvalidArgument(
+                f"string sequence_id {shown(raw)} has {len(raw.encode())} bytes, at most "
+                f"{MAX_STRING_ID_BYTES} are accepted"
+            )
         # Triton keeps integer ids as uint64: int64 -1 is the same sequence as uint64 2**64 - 1.
         sequence_id = (raw % 2**64 if isinstance(raw, int) else raw) or None
     flags = {name: _bool_parameter(parameters, name) for name in ("sequence_start", "sequence_end")}
@@ -85,6 +92,10 @@ def input_frames(
 
 
 def _contents(request: kpb.ModelInferRequest, tensor: Any, count: int) -> np.ndarray:
+    if request.raw_input_contents and tensor.contents.ByteSize():
+        raise InvalidArgument(
+            f"input {tensor.name!r} has both raw_input_contents and typed contents; send one of them"
+        )
     if request.raw_input_contents:
         if len(request.raw_input_contents) != 1:
             raise InvalidArgument(
