@@ -18,7 +18,7 @@ from vidlstm.selection import FrameSelection
 from .model import State
 from .preprocessing import prepare_frames
 from .runtime import InferenceModel
-from .spec import InputSpec, PixelFormat
+from .spec import InputSpec
 from .video import decode_video
 
 __all__ = ["FrameChunk", "VideoChunk", "encode_video", "prepared_chunks"]
@@ -40,12 +40,21 @@ class VideoChunk:
 
 
 def prepared_chunks(
-    path: Path, spec: InputSpec, sampling: FrameSelection, *, chunk_frames: int, backend: str, threads: int
+    path: Path,
+    spec: InputSpec,
+    sampling: FrameSelection,
+    *,
+    chunk_frames: int,
+    backend: str,
+    threads: int,
+    luma: bool = True,
 ) -> Iterator[FrameChunk]:
-    """Decodes and preprocesses `path` into chunks of at most `chunk_frames` frames."""
+    """Decodes and preprocesses `path` into chunks of at most `chunk_frames` frames. A gray model
+    takes the decoder's luma plane where it can (`luma`; see `decode_video`'s `gray`)."""
     images, times, indices = [], [], []
-    for frame in decode_video(path, sampling, backend=backend, threads=threads):
-        images.append(prepare_frames(frame.image[None], PixelFormat.RGB, spec)[0])
+    gray = luma and spec.grayscale
+    for frame in decode_video(path, sampling, backend=backend, threads=threads, gray=gray):
+        images.append(prepare_frames(frame.image[None], frame.pixel_format, spec)[0])
         times.append(frame.timestamp_ms)
         indices.append(frame.index)
         if len(images) == chunk_frames:

@@ -149,7 +149,8 @@ def test_encode_video_records_the_precision_in_its_fingerprint(tmp_path: Path) -
     out = tmp_path / "out"
 
     def encode(*flags: str) -> dict[str, object]:
-        assert encode_video_main(["--quiet", str(video), "--out", str(out), "--device", "cpu", *flags]) == 0
+        args = ["--quiet", str(video), "--out", str(out), "--device", "cpu", "--gray", "rgb", *flags]
+        assert encode_video_main(args) == 0
         return json.loads((out / "manifest.jsonl").read_text().splitlines()[-1])
 
     fp32 = encode()

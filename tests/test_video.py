@@ -33,6 +33,8 @@ from vidlstm.v1 import encoder_pb2_grpc as pb_grpc
 from vidlstm.wire import selection_from_proto, tensor_from_proto
 
 VFR_TIMES = [0, 40, 50, 200, 210, 215, 500, 530, 900]
+# The gray model's embeddings from the luma plane vs from RGB turned gray (see README, Video files).
+LUMA_TOLERANCE = 1e-3
 CLI = [sys.executable, "-m", "vidlstm", "encode-video", "--quiet"]
 
 
@@ -61,8 +63,10 @@ def video_server(videos: dict[str, Path], model: InferenceModel):
     running.stop()
 
 
-def _decoded(path: Path, sampling: FrameSelection | None = None) -> tuple[np.ndarray, list[float], list[int]]:
-    frames = list(decode_video(path, sampling))
+def _decoded(
+    path: Path, sampling: FrameSelection | None = None, *, gray: bool = False
+) -> tuple[np.ndarray, list[float], list[int]]:
+    frames = list(decode_video(path, sampling, gray=gray))
     return np.stack([f.image for f in frames]), [f.timestamp_ms for f in frames], [f.index for f in frames]
 
 
@@ -84,11 +88,15 @@ def test_cli_rpc_and_encode_agree(
     with EncoderClient(video_server.address) as client:
         for name, path in videos.items():
             saved = np.load(tmp_path / f"{path.relative_to(root)}.npz")
-            frames, times, indices = _decoded(path)
-            direct = client.encode(frames, pixel_format="RGB").embeddings
+            frames, times, indices = _decoded(path, gray=True)  # the gray model takes the luma
+            direct = client.encode(frames, pixel_format="GRAY").embeddings
             uploaded, uploaded_times = _via_rpc(client, path)
             np.testing.assert_allclose(saved["embeddings"], direct, atol=1e-4, rtol=0, err_msg=name)
             np.testing.assert_allclose(uploaded, direct, atol=1e-4, rtol=0, err_msg=name)
+            from_rgb = client.encode(_decoded(path)[0], pixel_format="RGB").embeddings  # the RGB path
+            np.testing.assert_allclose(
+                saved["embeddings"], from_rgb, atol=LUMA_TOLERANCE, rtol=0, err_msg=name
+            )
             np.testing.assert_allclose(saved["timestamps_ms"], times)
             assert uploaded_times == times
             assert saved["frame_indices"].tolist() == indices
@@ -313,8 +321,8 @@ def _saved_embeddings(out: Path, name: str, fmt: str) -> np.ndarray:
 
 
 def _expected(model: InferenceModel, path: Path) -> np.ndarray:
-    """The in-process model on the frames of an independent decode."""
-    return reference_embeddings(model, decode_reference(path)[0], PixelFormat.RGB)
+    """The in-process (gray) model on the frames of an independent decode, FFmpeg's gray."""
+    return reference_embeddings(model, decode_reference(path, gray=True)[0], PixelFormat.GRAY)
 
 
 @pytest.mark.parametrize(
@@ -389,14 +397,15 @@ def test_truncated_and_damaged_videos_fail_whole_on_cli_and_rpc(
                 with pytest.raises(VidlstmError, match=reason) as raised:
                     list(client.encode_video(inputs / name))
                 assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
-    full_frames, _, _ = _decoded(full)
+    full_frames, _, _ = _decoded(full, gray=True)
     assert len(full_frames) == 60
     for threads in (1, 2, 4):  # decoder threads change nothing, damaged or whole
         with pytest.raises(VideoError, match="damaged video: h264: Invalid NAL unit size"):
             list(decode_video(inputs / "bad_frame.mp4", threads=threads))
-        np.testing.assert_array_equal([f.image for f in decode_video(full, threads=threads)], full_frames)
+        decoded = [f.image for f in decode_video(full, threads=threads, gray=True)]
+        np.testing.assert_array_equal(decoded, full_frames)
     np.testing.assert_allclose(
-        reference_embeddings(model, full_frames, PixelFormat.RGB), _expected(model, full), atol=1e-4, rtol=0
+        reference_embeddings(model, full_frames, PixelFormat.GRAY), _expected(model, full), atol=1e-4, rtol=0
     )
 
 
@@ -510,8 +519,8 @@ def test_save_state_writes_the_final_lstm_state(
     """`--save-state`: `state_h`/`state_c` are the in-process model's state after the last frame."""
     path = videos["h264"]
     assert _encode_cli(str(path), "--out", str(tmp_path), "--save-state") == 0
-    frames, _, _ = _decoded(path)
-    prepared = prepare_frames(frames, PixelFormat.RGB, model.model.spec.input)
+    frames, _, _ = _decoded(path, gray=True)
+    prepared = prepare_frames(frames, PixelFormat.GRAY, model.model.spec.input)
     _, state = model.encode(prepared[:, None])
     with np.load(tmp_path / f"{path.name}.npz") as saved:
         for name in ("h", "c"):

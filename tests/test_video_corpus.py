@@ -168,10 +168,10 @@ def _check(
             continue
         assert status == "ok", f"{name} should come out whole: {value}"
         embeddings, times, indices = value  # type: ignore[misc]
-        frames, reference_times = decode_reference(root / name)
+        frames, reference_times = decode_reference(root / name, gray=True)  # the gray model's frames
         assert list(indices) == list(range(len(frames))), name
         np.testing.assert_allclose(times, reference_times, atol=1e-6, err_msg=name)
-        want = reference_embeddings(model, frames, PixelFormat.RGB)
+        want = reference_embeddings(model, frames, PixelFormat.GRAY)
         np.testing.assert_allclose(embeddings, want, atol=1e-4, rtol=0, err_msg=name)
 
 

@@ -37,12 +37,14 @@ def write_video(
     faststart: bool = False,
     keyframe_every: int | None = None,
     textured: bool = False,
+    bt709: bool = False,
 ) -> Path:
     """A video of `frames` frames; `times_ms` gives each frame's presentation time (variable rate),
     `first_image` shifts the content, `rotation` (degrees counter-clockwise) is stored as display
     metadata, `faststart` puts an mp4's index before the frames, and `keyframe_every` N makes every
     N-th frame a keyframe (larger than the frames between); `textured` frames (seeded noise that
-    moves) compress poorly, so each takes many bytes."""
+    moves) compress poorly, so each takes many bytes; `bt709` stores the frames with BT.709's colour
+    matrix (HD's), tagged as such."""
     options = {"movflags": "+faststart"} if faststart else {}
     texture = np.random.default_rng(0).integers(0, 256, (height, width, 3), np.uint8) if textured else None
     codec_options = {"g": str(keyframe_every)} if keyframe_every else {}
@@ -51,6 +53,8 @@ def write_video(
         stream.width, stream.height, stream.pix_fmt = width, height, pixel_format
         if rotation:
             stream.set_display_rotation(rotation)
+        if bt709:
+            stream.codec_context.colorspace = 1  # AVCOL_SPC_BT709: RGB in is converted with it
         if times_ms is not None:
             stream.codec_context.time_base = Fraction(1, 1000)
         for index in range(frames if times_ms is None else len(times_ms)):
@@ -103,16 +107,17 @@ def write_audio_only(path: Path, *, seconds: float = 0.5, rate: int = 16000) -> 
     return path
 
 
-def decode_reference(path: Path) -> tuple[np.ndarray, list[float]]:
-    """Every frame of `path` as displayed (rotation applied), RGB [T, H, W, 3], and its time in ms:
-    decoded with PyAV alone, without threads, as a reference independent of vidlstm's decoder."""
+def decode_reference(path: Path, *, gray: bool = False) -> tuple[np.ndarray, list[float]]:
+    """Every frame of `path` as displayed (rotation applied), RGB [T, H, W, 3] (`gray`: FFmpeg's
+    own conversion to full-range gray, [T, H, W, 1]), and its time in ms: decoded with PyAV alone,
+    without threads, as a reference independent of vidlstm's decoder."""
     images, times = [], []
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "NONE"
         origin = stream.start_time or 0
         for frame in container.decode(stream):
-            image = frame.to_ndarray(format="rgb24")
+            image = frame.to_ndarray(format="gray")[..., None] if gray else frame.to_ndarray(format="rgb24")
             images.append(np.ascontiguousarray(np.rot90(image, k=round(frame.rotation / 90))))
             times.append(float((frame.pts - origin) * stream.time_base) * 1000)
     return np.stack(images), times

@@ -56,6 +56,7 @@ class LocalBackend:
         decoder_threads: int,
         opencv_threads: int,
         chunk_frames: int,
+        luma: bool,
     ) -> None:
         self.model = model
         self.jobs = jobs
@@ -63,12 +64,15 @@ class LocalBackend:
         self.decoder_threads = decoder_threads
         self.opencv_threads = opencv_threads
         self.chunk_frames = chunk_frames
+        self.luma = luma
         self.weights_hash = model.weights_hash
         self.spec_json = model.spec.to_json()
-        # fp32 left out: earlier outputs (all fp32) stay done
-        self.result_options: dict[str, Any] = (
-            {} if model.precision == "fp32" else {"precision": model.precision}
-        )
+        # Left out where results are as before (fp32; gray from RGB): earlier outputs stay done.
+        self.result_options: dict[str, Any] = {}
+        if model.precision != "fp32":
+            self.result_options["precision"] = model.precision
+        if luma and model.input_spec.grayscale:
+            self.result_options["gray"] = "luma"
 
     def encode_all(
         self, tasks: list[Task], selection: FrameSelection, *, save_state: bool, progress: Progress
@@ -83,6 +87,7 @@ class LocalBackend:
             self.decoder,
             self.decoder_threads,
             self.opencv_threads,
+            self.luma,
         )
         return encode_in_parallel(
             self.model, tasks, options, workers=self.jobs, save_state=save_state, progress=progress

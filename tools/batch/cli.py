@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="FFmpeg's threads per video (default: the usable cores / --jobs; 0: FFmpeg picks)",
     )
     decode.add_argument("--chunk-frames", type=_count(1), default=128, help="frames per model call")
+    decode.add_argument(
+        "--gray",
+        choices=("luma", "rgb"),
+        default="luma",
+        help="a gray model's frames: the decoder's luma plane where it is their gray (default), or "
+        "RGB turned gray (as before 2026-11-26)",
+    )
     return parser
 
 
@@ -126,4 +133,5 @@ def _backend(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Backe
         decoder_threads=per_job if args.decoder_threads is None else args.decoder_threads,
         opencv_threads=per_job,
         chunk_frames=args.chunk_frames,
+        luma=args.gray == "luma",
     )

@@ -43,6 +43,7 @@ class DecodeOptions:
     decoder: str
     decoder_threads: int  # FFmpeg's threads per video (0: FFmpeg picks)
     opencv_threads: int  # OpenCV's threads for colour conversion and resizing
+    luma: bool = True  # a gray model takes the decoder's luma plane where it can
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,7 @@ def _decoded(path: Path, options: DecodeOptions) -> Iterator[tuple[str, FrameChu
         chunk_frames=options.chunk_frames,
         backend=options.decoder,
         threads=options.decoder_threads,
+        luma=options.luma,
     )
     for chunk in chunks:
         yield "chunk", chunk
