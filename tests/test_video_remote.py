@@ -1,0 +1,48 @@
+"""Videos on a server: `encode-video --server --jobs N` keeps N uploads in flight, so the server's
+batcher sees several videos at once; the outputs are those of the local run."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from conftest import serving
+from videos import write_video
+
+from vidlstm.models import InferenceModel
+from vidlstm.tools.batch.cli import encode_video_main
+
+
+def test_jobs_keep_several_uploads_in_flight(model: InferenceModel, tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for index in range(4):
+        write_video(inputs / f"clip{index}.mp4", frames=90, width=160, height=120, first_image=index)
+    most = 0
+    with serving(model, video_chunk_frames=8) as server:
+        done = threading.Event()
+
+        def watch() -> None:
+            nonlocal most
+            while not done.is_set():
+                most = max(most, server.live_envs)  # a video holds one state slot while it runs
+                time.sleep(0.005)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            args = [str(inputs), "--out", str(tmp_path / "remote"), "--server", server.address]
+            assert encode_video_main(["--quiet", *args, "--jobs", "3"]) == 0
+        finally:
+            done.set()
+            watcher.join()
+    assert most >= 2
+    local = ["--quiet", str(inputs), "--out", str(tmp_path / "local"), "--device", "cpu", "--jobs", "1"]
+    assert encode_video_main(local) == 0
+    for index in range(4):
+        name = f"clip{index}.mp4.npz"
+        remote, here = np.load(tmp_path / "remote" / name), np.load(tmp_path / "local" / name)
+        np.testing.assert_allclose(remote["embeddings"], here["embeddings"], atol=1e-5, rtol=0)
+        assert remote["frame_indices"].tolist() == list(range(90))
