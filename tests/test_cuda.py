@@ -162,7 +162,7 @@ def test_frames_go_through_pinned_memory_and_come_back_in_one_piece(rng: np.rand
     for arrays, tensor in zip(parts, joined, strict=True):
         assert tensor.device.type == DEVICE.type
         np.testing.assert_array_equal(tensor.cpu().numpy(), np.concatenate(arrays, axis=1))
-    back = transfers.to_host([joined[0], joined[1].float(), joined[0][:, :1]])
+    back = transfers.to_host([joined[0], joined[1].float(), joined[0][:, :2]])
     np.testing.assert_array_equal(back[0], np.concatenate(parts[0], axis=1))
     np.testing.assert_array_equal(back[1], parts[1][0].astype(np.float32))
     np.testing.assert_array_equal(back[2], parts[0][0])

@@ -160,18 +160,39 @@ def clients(kind: str, port: int, streams: int, envs: int, procs: int, duration:
     }
 
 
-def batch_frames(metrics_port: int) -> tuple[float, float]:
-    """vidlstm_batch_frames' (sum, count) from the server's /metrics."""
+def batch_totals(metrics_port: int) -> dict[str, float]:
+    """Sums and counts of the batch histograms (frames, model seconds, queue delay) from /metrics."""
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as page:
         lines = page.read().decode().splitlines()
-    value = {
-        line.split()[0]: float(line.split()[1]) for line in lines if line.startswith("vidlstm_batch_frames_")
+    wanted = ("vidlstm_batch_frames_", "vidlstm_model_seconds_", "vidlstm_queue_delay_seconds_")
+    return {line.split()[0]: float(line.split()[1]) for line in lines if line.startswith(wanted)}
+
+
+def where_time_goes(before: dict[str, float], after: dict[str, float], duration: float) -> dict[str, float]:
+    """Mean batch, model time per batch, the share of the run the model thread was busy, mean queue
+    delay: a busy model thread means the engine bounds throughput, an idle one the request path."""
+
+    def delta(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    batches = max(delta("vidlstm_batch_frames_count"), 1.0)
+    return {
+        "mean_batch": delta("vidlstm_batch_frames_sum") / batches,
+        "model_ms_per_batch": 1e3 * delta("vidlstm_model_seconds_sum") / batches,
+        "model_busy": delta("vidlstm_model_seconds_sum") / duration,
+        "queue_ms": 1e3
+        * delta("vidlstm_queue_delay_seconds_sum")
+        / max(delta("vidlstm_queue_delay_seconds_count"), 1.0),
     }
-    return value.get("vidlstm_batch_frames_sum", 0.0), value.get("vidlstm_batch_frames_count", 0.0)
 
 
 def served(
-    device: str, scenarios: list[tuple[int, int]], procs: int, duration: float, max_batch: int
+    device: str,
+    scenarios: list[tuple[int, int]],
+    procs: int,
+    duration: float,
+    max_batch: int,
+    variants: list[Variant],
 ) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     echo_port = free_port()
@@ -179,7 +200,7 @@ def served(
         for streams, envs in scenarios:
             row = clients("echo", echo_port, streams, envs, procs, duration)
             rows.append({"server": "gRPC echo", "streams": streams, "envs": envs, **row})
-    for variant in SERVER_VARIANTS:
+    for variant in variants:
         guarded(
             rows,
             f"vidlstm {variant.name}",
@@ -206,17 +227,18 @@ def server_rows(
     with process([sys.executable, "-m", "vidlstm", "serve", *flags], port):
         ready_s = time.perf_counter() - started
         for streams, envs in scenarios:
-            before = batch_frames(metrics_port)
+            before = batch_totals(metrics_port)
+            started_at = time.perf_counter()
             row = clients("vidlstm", port, streams, envs, procs, duration)
-            after = batch_frames(metrics_port)
-            mean_batch = (after[0] - before[0]) / max(after[1] - before[1], 1)
+            seconds = time.perf_counter() - started_at
+            after = batch_totals(metrics_port)
             rows.append(
                 {
                     "server": f"vidlstm {variant.name}",
                     "streams": streams,
                     "envs": envs,
                     **row,
-                    "mean_batch": mean_batch,
+                    **where_time_goes(before, after, seconds),
                     "start_s": ready_s,
                 }
             )
@@ -327,6 +349,12 @@ def main() -> None:
     parser.add_argument(
         "--skip", nargs="*", default=[], help="parts to leave out: parity in_process served video"
     )
+    parser.add_argument(
+        "--server-variants",
+        nargs="*",
+        default=[v.name for v in SERVER_VARIANTS],
+        help="server variants to run, by name (e.g. fp32 'bf16 compiled')",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
@@ -346,6 +374,7 @@ def main() -> None:
             2 if quick else args.client_procs,
             duration,
             max_batch=16 if quick else 1024,
+            variants=[v for v in VARIANTS if v.name in args.server_variants],
         ),
         "video": lambda: video(args.device, 2 if quick else 4, 8 if quick else 150, Path(tempfile.mkdtemp())),
     }

@@ -13,6 +13,8 @@ PYTHON=${PYTHON:-python3}
 SITE=/tmp/vidlstm-site
 mkdir -p "$OUT" "$SITE/src/vidlstm"
 export PYTHONUNBUFFERED=1
+# The repo root holds a vidlstm/ without service/ etc.: never let the working directory shadow the tree.
+export PYTHONSAFEPATH=1
 
 WHEELS=${WHEELS:-.gpu-wheels}  # WHEELS=none for a dry run on another Python
 if [[ $WHEELS != none ]]; then
@@ -30,10 +32,9 @@ export PYTHONPATH="$SITE/src:$SITE/lib${PYTHONPATH:+:$PYTHONPATH}"
     nproc
 } 2>&1 | tee "$OUT/env.txt"
 
-# tests/ holds a triton.py (KServe helpers) that would shadow the triton package: append tests/.
 test_device=cuda
 [[ " $* " == *" --device cpu "* ]] && test_device=cpu
 VIDLSTM_TEST_DEVICE=$test_device timeout 180 "$PYTHON" -m pytest tests/test_cuda.py -m cuda -q -rA \
-    --import-mode=append -p no:cacheprovider -W default 2>&1 | tail -60 | tee "$OUT/pytest.txt"
+    --import-mode=append -p no:cacheprovider -W default 2>&1 | grep -v "^DEBUG" | tail -150 | tee "$OUT/pytest.txt"
 
 timeout 330 "$PYTHON" benchmarks/gpu/bench_gpu.py --out "$OUT" "$@" 2>&1 | tee "$OUT/bench.txt"
