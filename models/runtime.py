@@ -67,13 +67,17 @@ class InferenceModel:
 
     `precision` (fp32 | bf16 | fp16) is the CNN's arithmetic; `compile` runs the CNN through
     `torch.compile`. Both pad the CNN batch to `batch_bucket` sizes, as CUDA does (for cuDNN's
-    autotuning), so `warm_up` meets every shape a server will see.
+    autotuning), so `warm_up` meets every shape a server will see. On CUDA, `cuda_graphs` (unless
+    compiled) captures the CNN once per batch bucket during warm-up and replays it: one launch
+    instead of one per layer. Off by default: served, the default model's batches took no less time
+    with it (README, GPU table), the engine's other work dominating.
     """
 
     model: EmbeddingModel
     device: torch.device
     precision: str = "fp32"
     compile: bool = False
+    cuda_graphs: bool = False
     weights_hash: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -84,6 +88,8 @@ class InferenceModel:
         self.model = self.model.to(self.device).to(memory_format=torch.channels_last).eval()
         self._cast_encoder(PRECISIONS[self.precision])
         self._pad = self.compile or self.device.type == "cuda"
+        self._graphs: dict[int, _GraphedCNN] = {}
+        self._graph_pool: torch.cuda._POOL_HANDLE | None = None  # shared by every captured size
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # padded batches: a few shapes, each tuned once
         if self.compile:
@@ -117,14 +123,39 @@ class InferenceModel:
         sizes = {batch_bucket(n) for n in range(1, max_batch_size + 1)} if self._pad else eager
         for size in sorted(sizes):
             self.encode(np.zeros((1, size, spec.channels, spec.height, spec.width), np.uint8))
+        if self.device.type == "cuda" and self.cuda_graphs and not self.compile:
+            for size in sorted(sizes):
+                self._capture(size)
 
     def features(self, frames: torch.Tensor) -> torch.Tensor:
         """Stacked uint8 frames [N, k*C, H, W] on the device -> float32 features [N, F]."""
         count = frames.shape[0]
+        graphed = self._graphs.get(batch_bucket(count)) if self._pad else None
+        if graphed is not None:
+            return graphed(frames)
         if self._pad and batch_bucket(count) != count:
             padding = frames.new_zeros(batch_bucket(count) - count, *frames.shape[1:])
             frames = torch.cat([frames, padding])
         return self.model.features(frames)[:count].float()
+
+    @torch.inference_mode()
+    def _capture(self, size: int) -> None:
+        """The CNN over `size` frames as a CUDA graph (after warm-up ran that size: cuDNN is tuned);
+        all sizes share one memory pool."""
+        spec = self.input_spec
+        channels = spec.channels * spec.frame_stack
+        frames = torch.zeros(size, channels, spec.height, spec.width, dtype=torch.uint8, device=self.device)
+        side = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            self.model.features(frames)  # the capture needs the lazy setup done, off the main stream
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        if self._graph_pool is None:
+            self._graph_pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._graph_pool):
+            features = self.model.features(frames)
+        self._graphs[size] = _GraphedCNN(graph, frames, features)
 
     def stack(
         self, frames: torch.Tensor, state: State, episode_start: torch.Tensor
@@ -181,6 +212,23 @@ class InferenceModel:
         self.model.encoder.compile(dynamic=dynamic, options={"freezing": True})
 
 
+@dataclass(frozen=True)
+class _GraphedCNN:
+    """A captured CNN call: its static input and output buffers."""
+
+    graph: torch.cuda.CUDAGraph
+    frames: torch.Tensor  # uint8 [bucket, k*C, H, W]
+    features: torch.Tensor  # [bucket, F], in the CNN's precision
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames [n <= bucket, ...] -> float32 features [n, F], a copy: the next replay of this
+        bucket overwrites the static output (the engine may call it twice in one batch)."""
+        count = frames.shape[0]
+        self.frames[:count].copy_(frames)  # rows past `count` hold stale frames: their output is unread
+        self.graph.replay()
+        return self.features[:count].to(torch.float32, copy=True)
+
+
 def _check_compiler(device: torch.device) -> None:
     """torch.compile writes C++ (CPU kernels) or builds Triton's launcher with a C compiler (CUDA)."""
     if device.type == "cuda":
@@ -203,14 +251,16 @@ def load_inference_model(
     threads: int | None = None,
     precision: str = "fp32",
     compile: bool = False,
+    cuda_graphs: bool = False,
 ) -> InferenceModel:
     """The model the server and the tools run: a checkpoint (`model`; `spec` for weights that carry
     none), else the seeded model of `spec`, else the default model; on `device`, with `threads` torch
-    threads (None: torch's default), its CNN in `precision`, compiled when `compile`."""
+    threads (None: torch's default), its CNN in `precision`, compiled when `compile`, captured in
+    CUDA graphs on CUDA when `cuda_graphs` (and not compiled)."""
     set_threads(threads)
     target = select_device(device)
     if model is not None:
         built = load_model(model, spec)
     else:
         built = build_model(default_spec() if spec is None else ModelSpec.load(spec))
-    return InferenceModel(built, target, precision, compile)
+    return InferenceModel(built, target, precision, compile, cuda_graphs)

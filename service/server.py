@@ -221,6 +221,7 @@ async def serve(settings: ServerSettings) -> None:
         threads=settings.threads,
         precision=settings.precision,
         compile=settings.compile,
+        cuda_graphs=settings.cuda_graphs,
     )
     model.warm_up(settings.max_batch_size)
     running = await create_server(settings, model)

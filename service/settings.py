@@ -47,6 +47,11 @@ class ServerSettings(BaseSettings):
     compile: bool = Field(
         False, description="torch.compile the CNN during warm-up, before SERVING (CPU: needs g++)"
     )
+    cuda_graphs: bool = Field(
+        False,
+        description="on CUDA, capture the CNN as a CUDA graph per padded batch size during warm-up (not"
+        " with --compile)",
+    )
     max_message_bytes: Positive = Field(64 * MiB, description="largest request or response message")
     max_batch_size: Positive = Field(256, description="most frames in one model call")
     max_queue_delay_ms: float = Field(

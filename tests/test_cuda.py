@@ -166,3 +166,33 @@ def test_frames_go_through_pinned_memory_and_come_back_in_one_piece(rng: np.rand
     np.testing.assert_array_equal(back[0], np.concatenate(parts[0], axis=1))
     np.testing.assert_array_equal(back[1], parts[1][0].astype(np.float32))
     np.testing.assert_array_equal(back[2], parts[0][0])
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="CUDA graphs are a CUDA thing")
+@pytest.mark.parametrize("spec", [default_spec(), STACKED], ids=["default", "frame-stack"])
+def test_cuda_graphs_replay_the_eager_cnn(spec: ModelSpec, rng: np.random.Generator) -> None:
+    """Graphed and eager CNNs give the same features, for partly filled buckets too, and two calls
+    of one bucket within a batch keep their own outputs (the engine chunks large batches)."""
+    graphed = InferenceModel(build_model(spec), DEVICE, cuda_graphs=True)
+    graphed.warm_up(64)
+    assert graphed._graphs, "no CUDA graph was captured"
+    eager = InferenceModel(build_model(spec), DEVICE)
+    eager.warm_up(64)
+    channels = spec.input.channels * spec.input.frame_stack
+    with torch.inference_mode():
+        for count in (1, 5, 32, 64):
+            first, second = (
+                torch.from_numpy(rng.integers(0, 256, (count, channels, 84, 84), dtype=np.uint8)).to(DEVICE)
+                for _ in range(2)
+            )
+            kept = [graphed.features(first), graphed.features(second)]
+            for frames, features in zip((first, second), kept, strict=True):
+                torch.testing.assert_close(features, eager.features(frames), rtol=1e-4, atol=1e-4)
+    frames = rng.integers(0, 256, (3, 8, spec.input.channels, 84, 84), dtype=np.uint8)
+    starts = rng.random((3, 8)) < 0.3
+    np.testing.assert_allclose(
+        graphed.encode(frames, episode_start=starts)[0],
+        eager.encode(frames, episode_start=starts)[0],
+        rtol=1e-4,
+        atol=1e-4,
+    )
