@@ -27,6 +27,7 @@ class DrainGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self) -> None:
         self._closed = False
+        self._gated: dict[tuple[grpc.RpcMethodHandler, bool], grpc.RpcMethodHandler] = {}
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -39,11 +40,15 @@ class DrainGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None or details.method.startswith(OPEN_SERVICES):
             return handler
-        kind = f"{_side(handler.request_streaming)}_{_side(handler.response_streaming)}"
-        behavior = (
-            _refuse if self._closed else self._counted(getattr(handler, kind), handler.response_streaming)
-        )
-        return handler._replace(**{kind: behavior})
+        key = (handler, self._closed)
+        gated = self._gated.get(key)
+        if gated is None:  # made once per method and state: a unary call pays only the counting
+            kind = f"{_side(handler.request_streaming)}_{_side(handler.response_streaming)}"
+            behavior = (
+                _refuse if self._closed else self._counted(getattr(handler, kind), handler.response_streaming)
+            )
+            gated = self._gated[key] = handler._replace(**{kind: behavior})
+        return gated
 
     def close(self) -> None:
         """From now on, new calls (probes aside) are refused."""

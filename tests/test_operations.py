@@ -172,7 +172,7 @@ def test_a_stream_cancelled_with_a_request_in_flight_is_counted_as_cancelled(mod
     """grpc_server_handled_total counts a stream cancelled without closing while a request of it is
     in flight (a killed actor) as CANCELLED, not OK. (A stream cancelled while idle ends on the server
     like a closed one: gRPC's Python server tells the two apart too late to count it.)"""
-    running = ServerThread(ServerSettings(port=0), model)
+    running = ServerThread(ServerSettings(port=0, max_envs_per_stream=4096), model)
     labels = {"grpc_method": "EncodeStream", "grpc_service": "vidlstm.v1.Encoder", "grpc_type": "bidi_stream"}
 
     def handled(code: str) -> float:
@@ -189,9 +189,12 @@ def test_a_stream_cancelled_with_a_request_in_flight_is_counted_as_cancelled(mod
                 pb.StreamRequest(frames=raw_frames(np.zeros((1, 84, 84, 1), np.uint8), "GRAY"), env_ids=[0])
             )
             next(call)
-            many = raw_frames(np.zeros((300, 84, 84, 1), np.uint8), "GRAY")
-            requests.put(pb.StreamRequest(frames=many, env_ids=list(range(1, 301))))
-            time.sleep(0.05)
+            # About a second of model time: cancelled as soon as the server has bound its envs.
+            many = raw_frames(np.zeros((4000, 84, 84, 1), np.uint8), "GRAY")
+            requests.put(pb.StreamRequest(frames=many, env_ids=list(range(1, 4001))))
+            deadline = time.monotonic() + 10
+            while running.live_envs < 4001 and time.monotonic() < deadline:
+                time.sleep(0.005)
             call.cancel()
             deadline = time.monotonic() + 10
             while handled("CANCELLED") + handled("OK") == 0 and time.monotonic() < deadline:

@@ -129,21 +129,20 @@ class KServeServicer:
 
     @status_on_error
     async def ModelInfer(self, request: kpb.ModelInferRequest, context: Any) -> kpb.ModelInferResponse:
-        return await self._infer(request, authenticated_client(context))
+        return await self._infer(request, context)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[kpb.ModelInferRequest], context: Any
     ) -> AsyncIterator[kpb.ModelStreamInferResponse]:
         """Requests run concurrently (up to `max_in_flight_per_stream`), each answered when done;
         a refused one is answered in-band with `error_message` and the stream stays open."""
-        client = authenticated_client(context)
         responses: asyncio.Queue[kpb.ModelStreamInferResponse | None] = asyncio.Queue()
         room = asyncio.Semaphore(self.max_in_flight_per_stream)
         answering: set[asyncio.Task[None]] = set()
 
         async def answer(request: kpb.ModelInferRequest) -> None:
             try:
-                response = await self._infer(request, client)
+                response = await self._infer(request, context)
                 response.parameters["triton_final_response"].bool_param = True  # one response a request
                 responses.put_nowait(kpb.ModelStreamInferResponse(infer_response=response))
             except ServiceError as error:
@@ -177,14 +176,14 @@ class KServeServicer:
             for task in (reader, *answering):
                 task.cancel()
 
-    async def _infer(self, request: kpb.ModelInferRequest, client: str | None) -> kpb.ModelInferResponse:
+    async def _infer(self, request: kpb.ModelInferRequest, context: Any) -> kpb.ModelInferResponse:
         try:
-            return await self._answer(request, client)
+            return await self._answer(request, context)
         except ServiceError:
             self.failed += 1
             raise
 
-    async def _answer(self, request: kpb.ModelInferRequest, client: str | None) -> kpb.ModelInferResponse:
+    async def _answer(self, request: kpb.ModelInferRequest, context: Any) -> kpb.ModelInferResponse:
         """Everything before the sequence's place in line is taken runs without awaiting."""
         self.model.check(request.model_name, request.model_version)
         control = sequence_control(request.parameters)
@@ -198,7 +197,8 @@ class KServeServicer:
                 f"inference request for sequence {control.sequence_id!r} must specify batch-size 1 (one "
                 f"frame, got {len(frames)}): a vector env uses one sequence id per env"
             )
-        with self.core.sequences.line_up(SequenceKey(client, control.sequence_id)) as ticket:
+        key = SequenceKey(authenticated_client(context), control.sequence_id)
+        with self.core.sequences.line_up(key) as ticket:
             prepared = await self._prepare(frames, pixel_format)
             embedding = await self.core.sequence_step(ticket, prepared, start=control.start, end=control.end)
         return infer_response(request, self.model, embedding[None])
