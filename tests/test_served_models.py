@@ -1,7 +1,8 @@
 """Every kind of model the project can produce, served by a real `vidlstm serve` process: the default,
 a frame stack (from a spec file), RGB input (a checkpoint), and each importer's output (SB3 with and
-without a frame stack, CleanRL). A vector stream with resets and chained Encode calls must equal the
-in-process model loaded from the same files."""
+without a frame stack, CleanRL). A vector stream with resets, chained Encode calls and a KServe v2
+sequence with restarts (tritonclient) must equal the in-process model loaded from the same files;
+so must the server's runtime options (precision, compile)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ServeProcess
+import tritonclient.grpc as tg
+from conftest import TOKEN, ServeProcess
+from kserve_client import step
 
 from vidlstm.clients import SequenceInput
 from vidlstm.models import (
@@ -110,8 +113,51 @@ def test_served_model_equals_the_in_process_model(kind: str, tmp_path: Path) -> 
             tail = client.encode_many(
                 [SequenceInput(frames[half:, 0], starts[half:, 0], head.state)], return_state=False
             )[0]
+        with tg.InferenceServerClient(server.address) as triton:
+            bearer = {"authorization": f"Bearer {TOKEN}"}
+            kserve = [
+                step(triton, 7, frames[t, 0], start=bool(starts[t, 0]), end=t == STEPS - 1, headers=bearer)
+                for t in range(STEPS)
+            ]
     finally:
         server.close()
     np.testing.assert_allclose(streamed, expected, atol=1e-4, rtol=0)
     chained = np.concatenate([head.embeddings, tail.embeddings])
     np.testing.assert_allclose(chained, expected[:, 0], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(kserve, expected[:, 0], atol=1e-4, rtol=0)
+
+
+# flags -> the in-process model's options, and the tolerance relative to the largest |embedding|
+RUNTIME_OPTIONS = {
+    "bf16": (["--precision", "bf16"], {"precision": "bf16"}, 0.05),
+    "fp16": (["--precision", "fp16"], {"precision": "fp16"}, 0.01),
+    "compile": (["--compile", "true", "--max-batch-size", "4"], {"compile": True}, 1e-4),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("option", RUNTIME_OPTIONS)
+def test_runtime_options_serve_the_same_model(option: str) -> None:
+    """A server started with a precision or compile option: its stream equals the in-process model
+    with that option, within the precision's tolerance, and keeps the fp32 weights' identity."""
+    flags, options, tolerance = RUNTIME_OPTIONS[option]
+    model = InferenceModel(build_model(default_spec()), torch.device("cpu"), **options)  # type: ignore[arg-type]
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 256, (STEPS, ENVS, 84, 84, 1), dtype=np.uint8)
+    starts = rng.random((STEPS, ENVS)) < 0.25
+    expected, _ = model.encode(frames.transpose(0, 1, 4, 2, 3), episode_start=starts)
+    server = ServeProcess(*flags, timeout=300)
+    try:
+        with server.client() as client:
+            assert (
+                client.info().weights_hash
+                == InferenceModel(build_model(default_spec()), torch.device("cpu")).weights_hash
+            )
+            with client.session(ENVS, pixel_format="GRAY") as session:
+                streamed = np.stack([session.step(frames[t], starts[t]) for t in range(STEPS)])
+        log = "".join(server.lines)
+    finally:
+        server.close()
+    precision = str(options.get("precision", "fp32"))
+    assert f"on cpu ({precision}{', compiled' if options.get('compile') else ''})" in log, log[-2000:]
+    np.testing.assert_allclose(streamed, expected, atol=tolerance * np.abs(expected).max(), rtol=0)
