@@ -16,19 +16,10 @@ import numpy as np
 from vidlstm.selection import FrameSelection
 
 from .model import State
-from .preprocessing import prepare_frames
 from .runtime import InferenceModel
-from .spec import InputSpec
-from .video import decode_video
+from .video_chunks import FrameChunk, prepared_chunks
 
-__all__ = ["FrameChunk", "VideoChunk", "encode_video", "prepared_chunks"]
-
-
-@dataclass(frozen=True)
-class FrameChunk:
-    frames: np.ndarray  # uint8 [n, C, H, W], model input
-    timestamps_ms: np.ndarray  # float64 [n]
-    indices: np.ndarray  # int64 [n]
+__all__ = ["VideoChunk", "encode_video"]
 
 
 @dataclass(frozen=True)
@@ -37,31 +28,6 @@ class VideoChunk:
     timestamps_ms: np.ndarray
     indices: np.ndarray
     state: State  # after the chunk's last frame
-
-
-def prepared_chunks(
-    path: Path,
-    spec: InputSpec,
-    sampling: FrameSelection,
-    *,
-    chunk_frames: int,
-    backend: str,
-    threads: int,
-    luma: bool = True,
-) -> Iterator[FrameChunk]:
-    """Decodes and preprocesses `path` into chunks of at most `chunk_frames` frames. A gray model
-    takes the decoder's luma plane where it can (`luma`; see `decode_video`'s `gray`)."""
-    images, times, indices = [], [], []
-    gray = luma and spec.grayscale
-    for frame in decode_video(path, sampling, backend=backend, threads=threads, gray=gray):
-        images.append(prepare_frames(frame.image[None], frame.pixel_format, spec)[0])
-        times.append(frame.timestamp_ms)
-        indices.append(frame.index)
-        if len(images) == chunk_frames:
-            yield FrameChunk(np.stack(images), np.array(times), np.array(indices, dtype=np.int64))
-            images, times, indices = [], [], []
-    if images:
-        yield FrameChunk(np.stack(images), np.array(times), np.array(indices, dtype=np.int64))
 
 
 def encode_video(

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -145,3 +147,10 @@ def test_jobs_must_be_a_whole_number_of_at_least_one(
         encode_video_main([str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "out"), "--jobs", "0"])
     assert exited.value.code == 2
     assert "argument --jobs: must be a whole number >= 1, got '0'" in capsys.readouterr().err
+
+
+def test_decoder_processes_import_no_torch(tmp_path: Path) -> None:
+    """What a decoder process imports (vidlstm.models names load when first used): no torch, so
+    decoders start in a fraction of a second."""
+    check = "import sys, vidlstm.tools.batch.decoders; assert 'torch' not in sys.modules, 'torch'"
+    subprocess.run([sys.executable, "-c", check], cwd=tmp_path, check=True, timeout=60)

@@ -3,11 +3,12 @@ model, which runs in the main process.
 
 Processes, not threads: PyAV's decode with several slice threads takes a process-wide lock per
 packet (to capture FFmpeg's logs of every thread), so threads of one process take turns.
-Each worker talks to the main process over its own pipe: a pipe's send blocks until the main
-process reads, so a worker is at most one chunk ahead (memory stays bounded), and a worker that
-crashes (an FFmpeg segfault) breaks only its own pipe; its video fails, a new worker takes over.
-Workers fork from a server process that imported this module once (`forkserver`), not from the
-main process, which holds the model and torch's threads.
+Each worker talks to the main process over its own pipe: a send blocks while the pipe is full,
+so a worker runs at most the pipe's buffer (a few hundred KiB) plus a chunk ahead of the model
+(memory stays bounded), and a worker that crashes (an FFmpeg segfault) breaks only its own pipe;
+its video fails, a new worker takes over. Workers fork from a server process that imported this
+module once (`forkserver`; no torch: `vidlstm.models` loads names when first used), not from the
+main process, whose FFmpeg, OpenCV and torch threads may hold locks a fork would copy held.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import cv2
 
 from vidlstm.models.spec import InputSpec
 from vidlstm.models.video import VideoInfo, probe_video
-from vidlstm.models.video_pipeline import FrameChunk, prepared_chunks
+from vidlstm.models.video_chunks import FrameChunk, prepared_chunks
 from vidlstm.selection import FrameSelection
 
 __all__ = ["DecodeOptions", "DecoderPool", "Message"]

@@ -17,7 +17,7 @@ import numpy as np
 
 from vidlstm.models import InferenceModel
 from vidlstm.models.video import VideoInfo
-from vidlstm.models.video_pipeline import FrameChunk
+from vidlstm.models.video_chunks import FrameChunk
 from vidlstm.service.engine import BatchEngine, Job, PerEnvState, zero_state
 from vidlstm.service.pool import StatePool
 
