@@ -63,6 +63,9 @@ class Metrics:
         self.live_envs = Gauge(
             "vidlstm_live_envs", "envs whose LSTM state the server holds", registry=self.registry
         )
+        self.live_sequences = Gauge(
+            "vidlstm_live_sequences", "KServe v2 sequences the server holds state for", registry=self.registry
+        )
 
     def observe_batch(self, frames: int, queue_delays: list[float], model_seconds: float) -> None:
         self.batch_frames.observe(frames)

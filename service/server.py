@@ -135,6 +135,7 @@ async def create_server(settings: ServerSettings, model: InferenceModel) -> Runn
     sequences = SequenceRegistry(pool, max_sequences_per_client=settings.max_sequences_per_client)
     metrics.live_streams.set_function(lambda: streams.live_streams)
     metrics.live_envs.set_function(lambda: pool.live)
+    metrics.live_sequences.set_function(lambda: sequences.live_sequences)
     core = InferenceCore(
         model,
         batcher,

@@ -164,10 +164,12 @@ def test_an_idle_sequence_expires_and_frees_its_state(model: InferenceModel) -> 
     ):
         step(t, 1, FRAME, start=True)
         assert running.live_envs == 1
+        assert running.running.metrics.registry.get_sample_value("vidlstm_live_sequences") == 1
         deadline = time.monotonic() + 10
         while running.live_envs and time.monotonic() < deadline:
             time.sleep(0.1)
         assert running.live_envs == 0
+        assert running.running.metrics.registry.get_sample_value("vidlstm_live_sequences") == 0
         with pytest.raises(InferenceServerException, match=r"idle for more than 0\.5 s"):
             step(t, 1, FRAME)
 
