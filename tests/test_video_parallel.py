@@ -154,3 +154,31 @@ def test_decoder_processes_import_no_torch(tmp_path: Path) -> None:
     decoders start in a fraction of a second."""
     check = "import sys, vidlstm.tools.batch.decoders; assert 'torch' not in sys.modules, 'torch'"
     subprocess.run([sys.executable, "-c", check], cwd=tmp_path, check=True, timeout=60)
+
+
+def test_a_model_failure_fails_the_videos_of_that_call_only(
+    model: InferenceModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The videos whose chunks were in the failed call fail with its error; the run goes on."""
+    from vidlstm.service.engine import BatchEngine, Job, JobResult
+
+    (tmp_path / "in").mkdir()
+    for index in range(3):
+        write_video(tmp_path / "in" / f"clip{index}.mp4", frames=20, first_image=index)
+    run, calls = BatchEngine.run, []
+
+    def flaky(self: BatchEngine, jobs: list[Job]) -> list[JobResult]:
+        calls.append(len(jobs))
+        if len(calls) == 1:
+            raise RuntimeError("out of memory, say")
+        return run(self, jobs)
+
+    monkeypatch.setattr(BatchEngine, "run", flaky)
+    out = tmp_path / "out"
+    flags = ["--quiet", str(tmp_path / "in"), "--out", str(out), "--device", "cpu", "--jobs", "1"]
+    assert encode_video_main(flags) == 1
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    statuses = {Path(r["source"]).name: (r["status"], r["error"]) for r in records}
+    assert statuses["clip0.mp4"] == ("failed", "RuntimeError: out of memory, say")
+    assert statuses["clip1.mp4"][0] == statuses["clip2.mp4"][0] == "ok"
+    assert sorted(p.name for p in out.iterdir()) == ["clip1.mp4.npz", "clip2.mp4.npz", "manifest.jsonl"]
