@@ -83,6 +83,9 @@ class InferenceModel:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; use {', '.join(PRECISIONS)}")
+        for name in ("compile", "cuda_graphs"):
+            if not isinstance(getattr(self, name), bool):  # "false" would be truthy
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         self.weights_hash = weights_hash(self.model)  # of the fp32 weights, before any cast
         # channels_last: oneDNN's NHWC convolutions, ~1.3x faster for resnet18 on CPU here.
         self.model = self.model.to(self.device).to(memory_format=torch.channels_last).eval()
@@ -177,6 +180,7 @@ class InferenceModel:
 
         The plain in-process path: what every served path must reproduce.
         """
+        self._check_frames(frames)
         steps, batch = frames.shape[:2]
         if state is None:
             state = self.initial_state(batch)
@@ -188,6 +192,15 @@ class InferenceModel:
         features = self.features(stacked.flatten(0, 1)).view(steps, batch, -1)
         embeddings, state = self.recur(features, state, starts_t, history)
         return embeddings.cpu().numpy(), state
+
+    def _check_frames(self, frames: np.ndarray) -> None:
+        spec = self.input_spec
+        want = [spec.channels, spec.height, spec.width]
+        if frames.dtype != np.uint8 or frames.ndim != 5 or list(frames.shape[2:]) != want:
+            raise ValueError(
+                f"frames must be uint8 [T, B, {', '.join(map(str, want))}] (prepare_frames makes them from "
+                f"images of any size), got {frames.dtype} {list(frames.shape)}"
+            )
 
     def _cast_encoder(self, dtype: torch.dtype) -> None:
         """The CNN's weights in `dtype`; its input is cast on the way in (normalisation stays

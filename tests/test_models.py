@@ -10,12 +10,14 @@ from vidlstm.models import (
     ENCODERS,
     EncoderSpec,
     FrameError,
+    InferenceModel,
     InputSpec,
     LSTMCore,
     ModelSpec,
     PixelFormat,
     Registry,
     build_model,
+    default_spec,
     prepare_frames,
 )
 
@@ -150,3 +152,23 @@ def test_default_model_is_reproducible() -> None:
     )
     c = build_model(ModelSpec(seed=1))
     assert not torch.equal(a.core.lstm.weight_hh_l0, c.core.lstm.weight_hh_l0)
+
+
+def test_encode_refuses_frames_not_prepared_for_the_model() -> None:
+    """The in-process path names the shape it needs instead of failing inside torch (or, for a
+    model that pools, silently embedding frames of another size)."""
+    model = InferenceModel(build_model(default_spec()), torch.device("cpu"))
+    for frames in (
+        np.zeros((1, 1, 3, 84, 84), np.uint8),  # RGB for a gray model
+        np.zeros((1, 1, 1, 100, 84), np.uint8),  # not resized
+        np.zeros((1, 1, 1, 84, 84), np.float32),  # not uint8
+        np.zeros((1, 1, 84, 84), np.uint8),  # no batch dimension
+    ):
+        with pytest.raises(ValueError, match=r"frames must be uint8 \[T, B, 1, 84, 84\]"):
+            model.encode(frames)
+
+
+@pytest.mark.parametrize("option", ["compile", "cuda_graphs"])
+def test_runtime_switches_must_be_booleans(option: str) -> None:
+    with pytest.raises(TypeError, match=f"{option} must be True or False, got 'false'"):
+        InferenceModel(build_model(default_spec()), torch.device("cpu"), **{option: "false"})  # type: ignore[arg-type]

