@@ -97,7 +97,7 @@ class InferenceCore:
             sum(math.prod(s.shape) * s.numpy_dtype.itemsize for s in self.state_specs),
         )
         self._decoders = ThreadPoolExecutor(2, thread_name_prefix="vidlstm-decode")
-        self.video = VideoService(model, batcher, streams.pool, self._decoders, video)
+        self.video = VideoService(model, batcher, streams.pool, video)  # its own decode pool
         self._reaper: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -108,6 +108,7 @@ class InferenceCore:
         if self._reaper is not None:
             self._reaper.cancel()
         self._decoders.shutdown(wait=False, cancel_futures=True)
+        self.video.close()
 
     @property
     def live_envs(self) -> int:

@@ -15,7 +15,7 @@ import numpy as np
 
 from vidlstm.models import InferenceModel
 from vidlstm.models.video import VideoError, probe_video
-from vidlstm.models.video_pipeline import FrameChunk, prepared_chunks
+from vidlstm.models.video_chunks import FrameChunk, prepared_chunks
 from vidlstm.selection import FrameSelection
 from vidlstm.v1 import encoder_pb2 as pb
 from vidlstm.wire import WIRE_DTYPES, selection_from_proto, tensor_to_proto
@@ -45,6 +45,7 @@ class VideoLimits:
     decoder_threads: int = 0
     idle_timeout: float = 300.0  # an upload that sends nothing this long is dropped
     max_message_bytes: int = 64 << 20  # the server's gRPC message limit: bounds chunk_frames
+    decoders: int = 2  # videos decoding at once; more wait for a turn, chunk by chunk
 
 
 def resolve_under_root(root: Path | None, requested: str) -> Path:
@@ -65,18 +66,14 @@ def resolve_under_root(root: Path | None, requested: str) -> Path:
 
 
 class VideoService:
-    def __init__(
-        self,
-        model: InferenceModel,
-        batcher: Batcher,
-        pool: StatePool,
-        decoders: ThreadPoolExecutor,
-        limits: VideoLimits,
-    ) -> None:
+    """Videos decode in a pool of their own (`limits.decoders` threads): a chunk of video takes
+    its thread for the whole chunk, and RL streams whose frames need decoding or resizing must not
+    wait behind it in theirs."""
+
+    def __init__(self, model: InferenceModel, batcher: Batcher, pool: StatePool, limits: VideoLimits) -> None:
         self.model = model
         self.batcher = batcher
         self.pool = pool
-        self.decoders = decoders
         self.limits = limits
         largest = self._largest_chunk(pb.FLOAT32)
         if limits.chunk_frames > largest:
@@ -85,6 +82,10 @@ class VideoService:
                 f"--max-message-bytes {limits.max_message_bytes}; use --video-chunk-frames <= {largest} "
                 "or raise --max-message-bytes"
             )
+        self.decoders = ThreadPoolExecutor(limits.decoders, thread_name_prefix="vidlstm-video")
+
+    def close(self) -> None:
+        self.decoders.shutdown(wait=False, cancel_futures=True)
 
     async def encode(self, requests: AsyncIterator[pb.VideoRequest]) -> AsyncIterator[pb.VideoResponse]:
         first = await anext(requests, None)
