@@ -27,4 +27,6 @@ def model_info(model: InferenceModel, *, max_batch_size: int) -> pb.ModelInfo:
         weights_hash=model.weights_hash,
         device=str(model.device),
         max_batch_size=max_batch_size,
+        precision=model.precision,
+        compiled=model.compile,
     )

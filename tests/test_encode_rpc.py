@@ -32,6 +32,7 @@ def test_model_info_describes_the_served_model(client: EncoderClient, model: Inf
     assert [(s.name, list(s.shape)) for s in info.state] == [("h", [1, 256]), ("c", [1, 256])]
     assert info.weights_hash == model.weights_hash
     assert '"nature"' in info.spec_json
+    assert (info.precision, info.compiled) == ("fp32", False)
 
 
 def test_raw_frames_match_in_process(client: EncoderClient, model: InferenceModel, rng) -> None:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18vidlstm/v1/encoder.proto\x12\nvidlstm.v1\"G\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12 \n\x05\x64type\x18\x02 \x01(\x0e\x32\x11.vidlstm.v1.DType\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"W\n\tRawFrames\x12\r\n\x05shape\x18\x01 \x03(\x03\x12-\n\x0cpixel_format\x18\x02 \x01(\x0e\x32\x17.vidlstm.v1.PixelFormat\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x1f\n\rEncodedFrames\x12\x0e\n\x06images\x18\x01 \x03(\x0c\"f\n\x06\x46rames\x12$\n\x03raw\x18\x01 \x01(\x0b\x32\x15.vidlstm.v1.RawFramesH\x00\x12,\n\x07\x65ncoded\x18\x02 \x01(\x0b\x32\x19.vidlstm.v1.EncodedFramesH\x00\x42\x08\n\x06source\"\x92\x01\n\x05State\x12\x14\n\x0cweights_hash\x18\x01 \x01(\t\x12/\n\x07tensors\x18\x02 \x03(\x0b\x32\x1e.vidlstm.v1.State.TensorsEntry\x1a\x42\n\x0cTensorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.vidlstm.v1.Tensor:\x02\x38\x01\"\x15\n\x13GetModelInfoRequest\"P\n\x0fStateTensorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12 \n\x05\x64type\x18\x03 \x01(\x0e\x32\x11.vidlstm.v1.DType\"\xbc\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tspec_json\x18\x02 \x01(\t\x12.\n\rpixel_formats\x18\x03 \x03(\x0e\x32\x17.vidlstm.v1.PixelFormat\x12\x14\n\x0cinput_height\x18\x04 \x01(\x03\x12\x13\n\x0binput_width\x18\x05 \x01(\x03\x12\x16\n\x0einput_channels\x18\x06 \x01(\x03\x12\x13\n\x0b\x66rame_stack\x18\x07 \x01(\x03\x12\x16\n\x0e\x65mbedding_size\x18\x08 \x01(\x03\x12*\n\x05state\x18\t \x03(\x0b\x32\x1b.vidlstm.v1.StateTensorInfo\x12\x14\n\x0cweights_hash\x18\n \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x0b \x01(\t\x12\x16\n\x0emax_batch_size\x18\x0c \x01(\x03J\x04\x08\r\x10\x14\"o\n\x08Sequence\x12\"\n\x06\x66rames\x18\x01 \x01(\x0b\x32\x12.vidlstm.v1.Frames\x12\x15\n\repisode_start\x18\x02 \x03(\x08\x12(\n\rinitial_state\x18\x03 \x01(\x0b\x32\x11.vidlstm.v1.State\"z\n\rEncodeRequest\x12\'\n\tsequences\x18\x01 \x03(\x0b\x32\x14.vidlstm.v1.Sequence\x12*\n\x0f\x65mbedding_dtype\x18\x02 \x01(\x0e\x32\x11.vidlstm.v1.DType\x12\x14\n\x0creturn_state\x18\x03 \x01(\x08\"`\n\x0eSequenceResult\x12&\n\nembeddings\x18\x01 \x01(\x0b\x32\x12.vidlstm.v1.Tensor\x12&\n\x0b\x66inal_state\x18\x02 \x01(\x0b\x32\x11.vidlstm.v1.State\"=\n\x0e\x45ncodeResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.vidlstm.v1.SequenceResult\"\xdb\x02\n\rStreamRequest\x12\"\n\x06\x66rames\x18\x01 \x01(\x0b\x32\x12.vidlstm.v1.Frames\x12\x0f\n\x07\x65nv_ids\x18\x02 \x03(\r\x12\x15\n\repisode_start\x18\x03 \x03(\x08\x12<\n\nset_states\x18\x04 \x03(\x0b\x32(.vidlstm.v1.StreamRequest.SetStatesEntry\x12\x1c\n\x14return_state_env_ids\x18\x05 \x03(\r\x12\x17\n\x0frelease_env_ids\x18\x06 \x03(\r\x12*\n\x0f\x65mbedding_dtype\x18\x07 \x01(\x0e\x32\x11.vidlstm.v1.DType\x12\x12\n\nrequest_id\x18\x08 \x01(\x04\x1a\x43\n\x0eSetStatesEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.vidlstm.v1.State:\x02\x38\x01J\x04\x08\t\x10\x10\"<\n\x0cRequestError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\"\x86\x02\n\x0eStreamResponse\x12&\n\nembeddings\x18\x01 \x01(\x0b\x32\x12.vidlstm.v1.Tensor\x12\x0f\n\x07\x65nv_ids\x18\x02 \x03(\r\x12\x36\n\x06states\x18\x03 \x03(\x0b\x32&.vidlstm.v1.StreamResponse.StatesEntry\x12\'\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x18.vidlstm.v1.RequestError\x12\x12\n\nrequest_id\x18\x05 \x01(\x04\x1a@\n\x0bStatesEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.vidlstm.v1.State:\x02\x38\x01J\x04\x08\x06\x10\x10\"\xb6\x01\n\x0cVideoOptions\x12\r\n\x05\x65very\x18\x01 \x01(\r\x12\x0b\n\x03\x66ps\x18\x02 \x01(\x01\x12\x0f\n\x07start_s\x18\x03 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x04 \x01(\x01\x12\x12\n\nmax_frames\x18\x05 \x01(\x04\x12*\n\x0f\x65mbedding_dtype\x18\x06 \x01(\x0e\x32\x11.vidlstm.v1.DType\x12\x14\n\x0creturn_state\x18\x07 \x01(\x08\x12\x14\n\x0c\x63hunk_frames\x18\x08 \x01(\r\"U\n\x0cVideoRequest\x12)\n\x07options\x18\x01 \x01(\x0b\x32\x18.vidlstm.v1.VideoOptions\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x81\x01\n\x0cVideoSummary\x12\x0e\n\x06\x66rames\x18\x01 \x01(\x03\x12\r\n\x05width\x18\x02 \x01(\x03\x12\x0e\n\x06height\x18\x03 \x01(\x03\x12\x0b\n\x03\x66ps\x18\x04 \x01(\x01\x12\r\n\x05\x63odec\x18\x05 \x01(\t\x12&\n\x0b\x66inal_state\x18\x06 \x01(\x0b\x32\x11.vidlstm.v1.State\"\x90\x01\n\rVideoResponse\x12&\n\nembeddings\x18\x01 \x01(\x0b\x32\x12.vidlstm.v1.Tensor\x12\x15\n\rtimestamps_ms\x18\x02 \x03(\x01\x12\x15\n\rframe_indices\x18\x03 \x03(\x03\x12)\n\x07summary\x18\x04 \x01(\x0b\x32\x18.vidlstm.v1.VideoSummary*C\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT16\x10\x02\x12\t\n\x05UINT8\x10\x03*G\n\x0bPixelFormat\x12\x1c\n\x18PIXEL_FORMAT_UNSPECIFIED\x10\x00\x12\x07\n\x03RGB\x10\x01\x12\x07\n\x03\x42GR\x10\x02\x12\x08\n\x04GRAY\x10\x03\x32\xa5\x02\n\x07\x45ncoder\x12\x46\n\x0cGetModelInfo\x12\x1f.vidlstm.v1.GetModelInfoRequest\x1a\x15.vidlstm.v1.ModelInfo\x12?\n\x06\x45ncode\x12\x19.vidlstm.v1.EncodeRequest\x1a\x1a.vidlstm.v1.EncodeResponse\x12I\n\x0c\x45ncodeStream\x12\x19.vidlstm.v1.StreamRequest\x1a\x1a.vidlstm.v1.StreamResponse(\x01\x30\x01\x12\x46\n\x0b\x45ncodeVideo\x12\x18.vidlstm.v1.VideoRequest\x1a\x19.vidlstm.v1.VideoResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18vidlstm/v1/encoder.proto\x12\nvidlstm.v1\"G\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12 \n\x05\x64type\x18\x02 \x01(\x0e\x32\x11.vidlstm.v1.DType\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"W\n\tRawFrames\x12\r\n\x05shape\x18\x01 \x03(\x03\x12-\n\x0cpixel_format\x18\x02 \x01(\x0e\x32\x17.vidlstm.v1.PixelFormat\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x1f\n\rEncodedFrames\x12\x0e\n\x06images\x18\x01 \x03(\x0c\"f\n\x06\x46rames\x12$\n\x03raw\x18\x01 \x01(\x0b\x32\x15.vidlstm.v1.RawFramesH\x00\x12,\n\x07\x65ncoded\x18\x02 \x01(\x0b\x32\x19.vidlstm.v1.EncodedFramesH\x00\x42\x08\n\x06source\"\x92\x01\n\x05State\x12\x14\n\x0cweights_hash\x18\x01 \x01(\t\x12/\n\x07tensors\x18\x02 \x03(\x0b\x32\x1e.vidlstm.v1.State.TensorsEntry\x1a\x42\n\x0cTensorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.vidlstm.v1.Tensor:\x02\x38\x01\"\x15\n\x13GetModelInfoRequest\"P\n\x0fStateTensorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12 \n\x05\x64type\x18\x03 \x01(\x0e\x32\x11.vidlstm.v1.DType\"\xe1\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tspec_json\x18\x02 \x01(\t\x12.\n\rpixel_formats\x18\x03 \x03(\x0e\x32\x17.vidlstm.v1.PixelFormat\x12\x14\n\x0cinput_height\x18\x04 \x01(\x03\x12\x13\n\x0binput_width\x18\x05 \x01(\x03\x12\x16\n\x0einput_channels\x18\x06 \x01(\x03\x12\x13\n\x0b\x66rame_stack\x18\x07 \x01(\x03\x12\x16\n\x0e\x65mbedding_size\x18\x08 \x01(\x03\x12*\n\x05state\x18\t \x03(\x0b\x32\x1b.vidlstm.v1.StateTensorInfo\x12\x14\n\x0cweights_hash\x18\n \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x0b \x01(\t\x12\x16\n\x0emax_batch_size\x18\x0c \x01(\x03\x12\x11\n\tprecision\x18\r \x01(\t\x12\x10\n\x08\x63ompiled\x18\x0e \x01(\x08J\x04\x08\x0f\x10\x14\"o\n\x08Sequence\x12\"\n\x06\x66rames\x18\x01 \x01(\x0b\x32\x12.vidlstm.v1.Frames\x12\x15\n\repisode_start\x18\x02 \x03(\x08\x12(\n\rinitial_state\x18\x03 \x01(\x0b\x32\x11.vidlstm.v1.State\"z\n\rEncodeRequest\x12\'\n\tsequences\x18\x01 \x03(\x0b\x32\x14.vidlstm.v1.Sequence\x12*\n\x0f\x65mbedding_dtype\x18\x02 \x01(\x0e\x32\x11.vidlstm.v1.DType\x12\x14\n\x0creturn_state\x18\x03 \x01(\x08\"`\n\x0eSequenceResult\x12&\n\nembeddings\x18\x01 \x01(\x0b\x32\x12.vidlstm.v1.Tensor\x12&\n\x0b\x66inal_state\x18\x02 \x01(\x0b\x32\x11.vidlstm.v1.State\"=\n\x0e\x45ncodeResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.vidlstm.v1.SequenceResult\"\xdb\x02\n\rStreamRequest\x12\"\n\x06\x66rames\x18\x01 \x01(\x0b\x32\x12.vidlstm.v1.Frames\x12\x0f\n\x07\x65nv_ids\x18\x02 \x03(\r\x12\x15\n\repisode_start\x18\x03 \x03(\x08\x12<\n\nset_states\x18\x04 \x03(\x0b\x32(.vidlstm.v1.StreamRequest.SetStatesEntry\x12\x1c\n\x14return_state_env_ids\x18\x05 \x03(\r\x12\x17\n\x0frelease_env_ids\x18\x06 \x03(\r\x12*\n\x0f\x65mbedding_dtype\x18\x07 \x01(\x0e\x32\x11.vidlstm.v1.DType\x12\x12\n\nrequest_id\x18\x08 \x01(\x04\x1a\x43\n\x0eSetStatesEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.vidlstm.v1.State:\x02\x38\x01J\x04\x08\t\x10\x10\"<\n\x0cRequestError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\"\x86\x02\n\x0eStreamResponse\x12&\n\nembeddings\x18\x01 \x01(\x0b\x32\x12.vidlstm.v1.Tensor\x12\x0f\n\x07\x65nv_ids\x18\x02 \x03(\r\x12\x36\n\x06states\x18\x03 \x03(\x0b\x32&.vidlstm.v1.StreamResponse.StatesEntry\x12\'\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x18.vidlstm.v1.RequestError\x12\x12\n\nrequest_id\x18\x05 \x01(\x04\x1a@\n\x0bStatesEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.vidlstm.v1.State:\x02\x38\x01J\x04\x08\x06\x10\x10\"\xb6\x01\n\x0cVideoOptions\x12\r\n\x05\x65very\x18\x01 \x01(\r\x12\x0b\n\x03\x66ps\x18\x02 \x01(\x01\x12\x0f\n\x07start_s\x18\x03 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x04 \x01(\x01\x12\x12\n\nmax_frames\x18\x05 \x01(\x04\x12*\n\x0f\x65mbedding_dtype\x18\x06 \x01(\x0e\x32\x11.vidlstm.v1.DType\x12\x14\n\x0creturn_state\x18\x07 \x01(\x08\x12\x14\n\x0c\x63hunk_frames\x18\x08 \x01(\r\"U\n\x0cVideoRequest\x12)\n\x07options\x18\x01 \x01(\x0b\x32\x18.vidlstm.v1.VideoOptions\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x81\x01\n\x0cVideoSummary\x12\x0e\n\x06\x66rames\x18\x01 \x01(\x03\x12\r\n\x05width\x18\x02 \x01(\x03\x12\x0e\n\x06height\x18\x03 \x01(\x03\x12\x0b\n\x03\x66ps\x18\x04 \x01(\x01\x12\r\n\x05\x63odec\x18\x05 \x01(\t\x12&\n\x0b\x66inal_state\x18\x06 \x01(\x0b\x32\x11.vidlstm.v1.State\"\x90\x01\n\rVideoResponse\x12&\n\nembeddings\x18\x01 \x01(\x0b\x32\x12.vidlstm.v1.Tensor\x12\x15\n\rtimestamps_ms\x18\x02 \x03(\x01\x12\x15\n\rframe_indices\x18\x03 \x03(\x03\x12)\n\x07summary\x18\x04 \x01(\x0b\x32\x18.vidlstm.v1.VideoSummary*C\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT16\x10\x02\x12\t\n\x05UINT8\x10\x03*G\n\x0bPixelFormat\x12\x1c\n\x18PIXEL_FORMAT_UNSPECIFIED\x10\x00\x12\x07\n\x03RGB\x10\x01\x12\x07\n\x03\x42GR\x10\x02\x12\x08\n\x04GRAY\x10\x03\x32\xa5\x02\n\x07\x45ncoder\x12\x46\n\x0cGetModelInfo\x12\x1f.vidlstm.v1.GetModelInfoRequest\x1a\x15.vidlstm.v1.ModelInfo\x12?\n\x06\x45ncode\x12\x19.vidlstm.v1.EncodeRequest\x1a\x1a.vidlstm.v1.EncodeResponse\x12I\n\x0c\x45ncodeStream\x12\x19.vidlstm.v1.StreamRequest\x1a\x1a.vidlstm.v1.StreamResponse(\x01\x30\x01\x12\x46\n\x0b\x45ncodeVideo\x12\x18.vidlstm.v1.VideoRequest\x1a\x19.vidlstm.v1.VideoResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,10 +37,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMREQUEST_SETSTATESENTRY']._serialized_options = b'8\001'
   _globals['_STREAMRESPONSE_STATESENTRY']._loaded_options = None
   _globals['_STREAMRESPONSE_STATESENTRY']._serialized_options = b'8\001'
-  _globals['_DTYPE']._serialized_start=2538
-  _globals['_DTYPE']._serialized_end=2605
-  _globals['_PIXELFORMAT']._serialized_start=2607
-  _globals['_PIXELFORMAT']._serialized_end=2678
+  _globals['_DTYPE']._serialized_start=2575
+  _globals['_DTYPE']._serialized_end=2642
+  _globals['_PIXELFORMAT']._serialized_start=2644
+  _globals['_PIXELFORMAT']._serialized_end=2715
   _globals['_TENSOR']._serialized_start=40
   _globals['_TENSOR']._serialized_end=111
   _globals['_RAWFRAMES']._serialized_start=113
@@ -58,33 +58,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATETENSORINFO']._serialized_start=511
   _globals['_STATETENSORINFO']._serialized_end=591
   _globals['_MODELINFO']._serialized_start=594
-  _globals['_MODELINFO']._serialized_end=910
-  _globals['_SEQUENCE']._serialized_start=912
-  _globals['_SEQUENCE']._serialized_end=1023
-  _globals['_ENCODEREQUEST']._serialized_start=1025
-  _globals['_ENCODEREQUEST']._serialized_end=1147
-  _globals['_SEQUENCERESULT']._serialized_start=1149
-  _globals['_SEQUENCERESULT']._serialized_end=1245
-  _globals['_ENCODERESPONSE']._serialized_start=1247
-  _globals['_ENCODERESPONSE']._serialized_end=1308
-  _globals['_STREAMREQUEST']._serialized_start=1311
-  _globals['_STREAMREQUEST']._serialized_end=1658
-  _globals['_STREAMREQUEST_SETSTATESENTRY']._serialized_start=1585
-  _globals['_STREAMREQUEST_SETSTATESENTRY']._serialized_end=1652
-  _globals['_REQUESTERROR']._serialized_start=1660
-  _globals['_REQUESTERROR']._serialized_end=1720
-  _globals['_STREAMRESPONSE']._serialized_start=1723
-  _globals['_STREAMRESPONSE']._serialized_end=1985
-  _globals['_STREAMRESPONSE_STATESENTRY']._serialized_start=1915
-  _globals['_STREAMRESPONSE_STATESENTRY']._serialized_end=1979
-  _globals['_VIDEOOPTIONS']._serialized_start=1988
-  _globals['_VIDEOOPTIONS']._serialized_end=2170
-  _globals['_VIDEOREQUEST']._serialized_start=2172
-  _globals['_VIDEOREQUEST']._serialized_end=2257
-  _globals['_VIDEOSUMMARY']._serialized_start=2260
-  _globals['_VIDEOSUMMARY']._serialized_end=2389
-  _globals['_VIDEORESPONSE']._serialized_start=2392
-  _globals['_VIDEORESPONSE']._serialized_end=2536
-  _globals['_ENCODER']._serialized_start=2681
-  _globals['_ENCODER']._serialized_end=2974
+  _globals['_MODELINFO']._serialized_end=947
+  _globals['_SEQUENCE']._serialized_start=949
+  _globals['_SEQUENCE']._serialized_end=1060
+  _globals['_ENCODEREQUEST']._serialized_start=1062
+  _globals['_ENCODEREQUEST']._serialized_end=1184
+  _globals['_SEQUENCERESULT']._serialized_start=1186
+  _globals['_SEQUENCERESULT']._serialized_end=1282
+  _globals['_ENCODERESPONSE']._serialized_start=1284
+  _globals['_ENCODERESPONSE']._serialized_end=1345
+  _globals['_STREAMREQUEST']._serialized_start=1348
+  _globals['_STREAMREQUEST']._serialized_end=1695
+  _globals['_STREAMREQUEST_SETSTATESENTRY']._serialized_start=1622
+  _globals['_STREAMREQUEST_SETSTATESENTRY']._serialized_end=1689
+  _globals['_REQUESTERROR']._serialized_start=1697
+  _globals['_REQUESTERROR']._serialized_end=1757
+  _globals['_STREAMRESPONSE']._serialized_start=1760
+  _globals['_STREAMRESPONSE']._serialized_end=2022
+  _globals['_STREAMRESPONSE_STATESENTRY']._serialized_start=1952
+  _globals['_STREAMRESPONSE_STATESENTRY']._serialized_end=2016
+  _globals['_VIDEOOPTIONS']._serialized_start=2025
+  _globals['_VIDEOOPTIONS']._serialized_end=2207
+  _globals['_VIDEOREQUEST']._serialized_start=2209
+  _globals['_VIDEOREQUEST']._serialized_end=2294
+  _globals['_VIDEOSUMMARY']._serialized_start=2297
+  _globals['_VIDEOSUMMARY']._serialized_end=2426
+  _globals['_VIDEORESPONSE']._serialized_start=2429
+  _globals['_VIDEORESPONSE']._serialized_end=2573
+  _globals['_ENCODER']._serialized_start=2718
+  _globals['_ENCODER']._serialized_end=3011
 # @@protoc_insertion_point(module_scope)

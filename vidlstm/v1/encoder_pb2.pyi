@@ -93,7 +93,7 @@ class StateTensorInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "spec_json", "pixel_formats", "input_height", "input_width", "input_channels", "frame_stack", "embedding_size", "state", "weights_hash", "device", "max_batch_size")
+    __slots__ = ("name", "spec_json", "pixel_formats", "input_height", "input_width", "input_channels", "frame_stack", "embedding_size", "state", "weights_hash", "device", "max_batch_size", "precision", "compiled")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
     PIXEL_FORMATS_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +106,8 @@ class ModelInfo(_message.Message):
     WEIGHTS_HASH_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    COMPILED_FIELD_NUMBER: _ClassVar[int]
     name: str
     spec_json: str
     pixel_formats: _containers.RepeatedScalarFieldContainer[PixelFormat]
@@ -118,7 +120,9 @@ class ModelInfo(_message.Message):
     weights_hash: str
     device: str
     max_batch_size: int
-    def __init__(self, name: _Optional[str] = ..., spec_json: _Optional[str] = ..., pixel_formats: _Optional[_Iterable[_Union[PixelFormat, str]]] = ..., input_height: _Optional[int] = ..., input_width: _Optional[int] = ..., input_channels: _Optional[int] = ..., frame_stack: _Optional[int] = ..., embedding_size: _Optional[int] = ..., state: _Optional[_Iterable[_Union[StateTensorInfo, _Mapping]]] = ..., weights_hash: _Optional[str] = ..., device: _Optional[str] = ..., max_batch_size: _Optional[int] = ...) -> None: ...
+    precision: str
+    compiled: bool
+    def __init__(self, name: _Optional[str] = ..., spec_json: _Optional[str] = ..., pixel_formats: _Optional[_Iterable[_Union[PixelFormat, str]]] = ..., input_height: _Optional[int] = ..., input_width: _Optional[int] = ..., input_channels: _Optional[int] = ..., frame_stack: _Optional[int] = ..., embedding_size: _Optional[int] = ..., state: _Optional[_Iterable[_Union[StateTensorInfo, _Mapping]]] = ..., weights_hash: _Optional[str] = ..., device: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., precision: _Optional[str] = ..., compiled: _Optional[bool] = ...) -> None: ...
 
 class Sequence(_message.Message):
     __slots__ = ("frames", "episode_start", "initial_state")
