@@ -174,3 +174,29 @@ def test_encode_video_refuses_precision_for_a_server(
         encode_video_main(args)
     assert exit_info.value.code == 2
     assert "--precision and --compile apply in process; a server runs with its own" in capsys.readouterr().err
+
+
+def test_encode_video_on_a_server_records_the_servers_precision(tmp_path: Path) -> None:
+    """With --server, the precision comes from the server's ModelInfo: outputs of a bf16 server are
+    encoded again by an fp32 one, never skipped as done."""
+    video = write_video(tmp_path / "clip.mp4", frames=6)
+    out = tmp_path / "out"
+
+    def encode_on(precision: str) -> dict[str, object]:
+        running = ServerThread(
+            ServerSettings(port=0), InferenceModel(build_model(default_spec()), CPU, precision)
+        )
+        try:
+            args = ["--quiet", str(video), "--out", str(out), "--server", running.address]
+            assert encode_video_main(args) == 0
+        finally:
+            running.stop()
+        return json.loads((out / "manifest.jsonl").read_text().splitlines()[-1])
+
+    bf16 = encode_on("bf16")
+    assert json.loads(str(np.load(out / "clip.mp4.npz")["metadata"]))["options"]["precision"] == "bf16"
+    fp32 = encode_on("fp32")
+    assert (bf16["status"], fp32["status"]) == ("ok", "ok")
+    assert fp32["fingerprint"] != bf16["fingerprint"]
+    assert "precision" not in json.loads(str(np.load(out / "clip.mp4.npz")["metadata"]))["options"]
+    assert encode_on("fp32")["status"] == "skipped"

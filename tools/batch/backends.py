@@ -100,9 +100,11 @@ class RemoteBackend:
 
     def __init__(self, client: EncoderClient, *, jobs: int) -> None:
         self.client = client
-        self.result_options: dict[str, Any] = {}  # ModelInfo does not say which precision it runs
         self.jobs = jobs
         info = client.info()
+        # As in process: a precision other than fp32 changes results ("" is a server before ModelInfo said).
+        precision = info.precision or "fp32"
+        self.result_options: dict[str, Any] = {} if precision == "fp32" else {"precision": precision}
         self.weights_hash = info.weights_hash
         self.spec_json = info.spec_json
         self.embedding_size = info.embedding_size
