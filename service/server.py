@@ -149,6 +149,7 @@ async def create_server(settings: ServerSettings, model: InferenceModel) -> Runn
             settings.decoder_threads,
             settings.stream_idle_timeout_s,
             max_message_bytes=settings.max_message_bytes,
+            decoders=settings.video_decoders,
         ),
         stream_idle_timeout=settings.stream_idle_timeout_s,
         sequence_idle_timeout=settings.sequence_idle_timeout_s,

@@ -109,6 +109,12 @@ class ServerSettings(BaseSettings):
     video_chunk_frames: Positive = Field(128, description="frames per EncodeVideo response")
     decoder: Literal["pyav", "opencv"] = Field("pyav", description="video decoder (pyav: exact timestamps)")
     decoder_threads: int = Field(0, ge=0, le=64, description="decoder threads per video (0: FFmpeg picks)")
+    video_decoders: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="videos decoding at once, in a pool apart from the frames' (the rest wait)",
+    )
     default_deadline_s: PositiveSeconds = Field(120.0, description="deadline for unary calls that set none")
     tls_cert: Path | None = Field(None, description="PEM certificate chain: serve TLS")
     tls_key: Path | None = Field(None, description="PEM private key for the TLS certificate")

@@ -26,7 +26,7 @@ def test_stream_latency_stays_bounded_while_videos_decode(model: InferenceModel,
     frame = np.zeros((1, 210, 160, 3), np.uint8)  # an Atari frame: resized in the decode pool
     latencies: list[float] = []
     with (
-        serving(model, video_root=tmp_path) as server,
+        serving(model, video_root=tmp_path, video_decoders=2) as server,
         EncoderClient(server.address) as client,
         client.session(num_envs=1, pixel_format="RGB") as session,
         ThreadPoolExecutor(4) as calls,
