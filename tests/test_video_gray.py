@@ -94,3 +94,4 @@ def test_gray_source_is_in_the_fingerprint(clips: Path, model: InferenceModel, t
     frames = decode_reference(video, gray=True)[0]
     np.testing.assert_allclose(embeddings, reference_embeddings(model, frames, PixelFormat.GRAY), atol=1e-5)
     assert encode()["status"] == "skipped"
+    assert encode("--decoder", "opencv")["fingerprint"] == rgb["fingerprint"]  # OpenCV: RGB only

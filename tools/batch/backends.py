@@ -71,7 +71,7 @@ class LocalBackend:
         self.result_options: dict[str, Any] = {}
         if model.precision != "fp32":
             self.result_options["precision"] = model.precision
-        if luma and model.input_spec.grayscale:
+        if luma and decoder == "pyav" and model.input_spec.grayscale:  # OpenCV gives RGB only
             self.result_options["gray"] = "luma"
 
     def encode_all(
