@@ -9,6 +9,7 @@ one embeds each of its frames as a one-step episode from zero state.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -25,7 +26,7 @@ from ..drain import DrainGate
 from ..errors import InvalidArgument, ServiceError
 from ..identity import authenticated_client
 from ..inference import InferenceCore, SequenceInput
-from ..sequences import SequenceKey
+from ..sequences import SequenceKey, shown
 from ..unary import status_on_error
 from .model import KServeModel
 from .statistics import model_statistics
@@ -34,6 +35,7 @@ from .tensors import check_outputs, infer_response, input_frames, sequence_contr
 __all__ = ["WIRE_SERVICE", "KServeServicer"]
 
 WIRE_SERVICE = "inference.GRPCInferenceService"  # its probes stay open: see auth.OPEN_SERVICES
+log = logging.getLogger(__name__)
 _SERVICE = kpb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 _NOT_IMPLEMENTED = {
     "RepositoryModel": "it serves the one model it loaded at start",
@@ -145,7 +147,9 @@ class KServeServicer:
                 response = await self._infer(request, context)
                 response.parameters["triton_final_response"].bool_param = True  # one response a request
                 responses.put_nowait(kpb.ModelStreamInferResponse(infer_response=response))
-            except ServiceError as error:
+            except Exception as error:  # a ServiceError, or a fault of ours: answered, never dropped
+                if not isinstance(error, ServiceError):
+                    log.exception("ModelStreamInfer request %r failed", request.id)
                 refused = kpb.ModelInferResponse(model_name=request.model_name, id=request.id)
                 responses.put_nowait(
                     kpb.ModelStreamInferResponse(error_message=str(error), infer_response=refused)
@@ -194,7 +198,7 @@ class KServeServicer:
             return infer_response(request, self.model, embeddings)
         if len(frames) != 1:
             raise InvalidArgument(
-                f"inference request for sequence {control.sequence_id!r} must specify batch-size 1 (one "
+                f"inference request for sequence {shown(control.sequence_id)} must specify batch-size 1 (one "
                 f"frame, got {len(frames)}): a vector env uses one sequence id per env"
             )
         key = SequenceKey(authenticated_client(context), control.sequence_id)
