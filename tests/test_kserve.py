@@ -24,6 +24,15 @@ from vidlstm.service import ServerSettings
 ATOL = 1e-5
 
 
+@pytest.fixture(autouse=True)
+def no_sequence_left_behind(server: ServerThread) -> Iterator[None]:
+    """The session's server is shared: a test that leaves a sequence open changes the live envs that
+    other modules' tests count."""
+    yield
+    left = server.running.metrics.registry.get_sample_value("vidlstm_live_sequences")
+    assert left == 0, f"{left} sequences left open on the shared server: end them (sequence_end)"
+
+
 @pytest.fixture
 def client(server: ServerThread) -> Iterator[tg.InferenceServerClient]:
     with tg.InferenceServerClient(server.address) as triton:
@@ -282,7 +291,9 @@ def test_a_refused_request_in_a_stream_is_answered_in_band(
         triton.start_stream(callback=lambda result, error: answers.put((result, error)))
         triton.async_stream_infer(MODEL, [frames_input(frames[:1])], sequence_id=555)  # no START
         first = answers.get(timeout=30)
-        triton.async_stream_infer(MODEL, [frames_input(frames[1:])], sequence_id=555, sequence_start=True)
+        triton.async_stream_infer(
+            MODEL, [frames_input(frames[1:])], sequence_id=555, sequence_start=True, sequence_end=True
+        )
         second = answers.get(timeout=30)
         triton.stop_stream()
     assert first[0] is None
