@@ -172,3 +172,13 @@ def test_encode_refuses_frames_not_prepared_for_the_model() -> None:
 def test_runtime_switches_must_be_booleans(option: str) -> None:
     with pytest.raises(TypeError, match=f"{option} must be True or False, got 'false'"):
         InferenceModel(build_model(default_spec()), torch.device("cpu"), **{option: "false"})  # type: ignore[arg-type]
+
+
+def test_every_lazily_loaded_name_is_exported_and_resolves() -> None:
+    """vidlstm.models lists its names three times (type-checking imports, __all__, the lazy table):
+    the table and __all__ must agree, and each name must load from the module the table names."""
+    import vidlstm.models as models
+
+    assert sorted(models._MODULES) == sorted(models.__all__)
+    for name in models.__all__:
+        assert getattr(models, name) is not None, name
