@@ -113,3 +113,29 @@ def test_generated_stubs_are_up_to_date(tmp_path: Path) -> None:
         stale = f"{checked_in.relative_to(REPO)} is stale: run `make proto` and commit the result"
         assert checked_in.exists(), stale
         assert filecmp.cmp(path, checked_in, shallow=False), stale
+
+
+def test_encode_video_imports_no_ray_unless_asked(tmp_path: Path) -> None:
+    out = _run_outside(
+        tmp_path,
+        "import sys, vidlstm.cli, vidlstm.tools.batch.cli, vidlstm.tools.batch.runner\n"
+        "print('ray' in sys.modules)",
+    )
+    assert out.strip() == "False"
+
+
+def test_ray_without_the_ray_extra_names_the_extra(tmp_path: Path) -> None:
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    code = WITHOUT_SERVER_EXTRA.format(blocked={"ray"})
+    args = ["encode-video", "clip.mp4", "--out", "out", "--ray"]
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "--ray needs Ray: pip install 'vidlstm[ray]'" in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -1,6 +1,7 @@
 """The middle step of a run, execute: where the embeddings come from. The model in this process fed
-by decoder processes, or a server's EncodeVideo RPC with several uploads in flight; both take a
-plan's `todo` list and yield each video as it finishes, in any order."""
+by decoder processes, a server's EncodeVideo RPC with several uploads in flight, or Ray workers
+(`ray_backend.py`); each takes a plan's `todo` list and yields each video as it finishes, in any
+order."""
 
 from __future__ import annotations
 
@@ -14,23 +15,26 @@ from vidlstm.clients import EncoderClient, FrameSelection
 
 from .outputs import EncodedVideo
 from .plan import Task
+from .writer import OutputWriter
 
 if TYPE_CHECKING:
     from vidlstm.models import InferenceModel
 
-__all__ = ["Backend", "Finished", "LocalBackend", "RemoteBackend"]
+__all__ = ["Backend", "Finished", "LocalBackend", "RemoteBackend", "result_options"]
 
 Progress = Callable[[int], None]
 
 
 @dataclass(frozen=True)
 class Finished:
-    """A video's result (`video`) or why it failed (`error`)."""
+    """A video's result (`video`) or why it failed (`error`); neither when the backend wrote its
+    output where it was encoded (a Ray worker), with `frames` embeddings."""
 
     task: Task
     video: EncodedVideo | None
     error: Exception | None
     seconds: float
+    frames: int = 0
 
 
 class Backend(Protocol):
@@ -40,8 +44,26 @@ class Backend(Protocol):
     result_options: dict[str, Any]
 
     def encode_all(
-        self, tasks: list[Task], selection: FrameSelection, *, save_state: bool, progress: Progress
+        self,
+        tasks: list[Task],
+        selection: FrameSelection,
+        *,
+        save_state: bool,
+        progress: Progress,
+        writer: OutputWriter,  # for backends that write where they encode; the others leave it to the run
     ) -> Iterator[Finished]: ...
+
+
+def result_options(precision: str, grayscale: bool, *, decoder: str, luma: bool) -> dict[str, Any]:
+    """The options of a model run here or on Ray workers that change results, for the resume
+    fingerprint and the outputs. Left out where results are as before (fp32; gray from RGB):
+    earlier outputs stay done."""
+    options: dict[str, Any] = {}
+    if precision != "fp32":
+        options["precision"] = precision
+    if luma and decoder == "pyav" and grayscale:  # OpenCV gives RGB only
+        options["gray"] = "luma"
+    return options
 
 
 class LocalBackend:
@@ -67,15 +89,18 @@ class LocalBackend:
         self.luma = luma
         self.weights_hash = model.weights_hash
         self.spec_json = model.spec.to_json()
-        # Left out where results are as before (fp32; gray from RGB): earlier outputs stay done.
-        self.result_options: dict[str, Any] = {}
-        if model.precision != "fp32":
-            self.result_options["precision"] = model.precision
-        if luma and decoder == "pyav" and model.input_spec.grayscale:  # OpenCV gives RGB only
-            self.result_options["gray"] = "luma"
+        self.result_options = result_options(
+            model.precision, model.input_spec.grayscale, decoder=decoder, luma=luma
+        )
 
     def encode_all(
-        self, tasks: list[Task], selection: FrameSelection, *, save_state: bool, progress: Progress
+        self,
+        tasks: list[Task],
+        selection: FrameSelection,
+        *,
+        save_state: bool,
+        progress: Progress,
+        writer: OutputWriter,
     ) -> Iterator[Finished]:
         from .decoders import DecodeOptions
         from .parallel import encode_in_parallel
@@ -110,7 +135,13 @@ class RemoteBackend:
         self.embedding_size = info.embedding_size
 
     def encode_all(
-        self, tasks: list[Task], selection: FrameSelection, *, save_state: bool, progress: Progress
+        self,
+        tasks: list[Task],
+        selection: FrameSelection,
+        *,
+        save_state: bool,
+        progress: Progress,
+        writer: OutputWriter,
     ) -> Iterator[Finished]:
         with ThreadPoolExecutor(self.jobs, thread_name_prefix="vidlstm-upload") as uploads:
             futures = [uploads.submit(self._encode, t, selection, save_state, progress) for t in tasks]

@@ -1,4 +1,5 @@
-"""`vidlstm encode-video INPUT... --out DIR`: in process by default, `--server` for a running server."""
+"""`vidlstm encode-video INPUT... --out DIR`: in process by default, `--server` for a running server,
+`--ray` / `--ray-address` on Ray workers (needs vidlstm[ray]; Ray is imported only then)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from .backends import Backend, LocalBackend, RemoteBackend
 from .cores import usable_cores
 from .inputs import InputError, expand_inputs
 from .outputs import FORMATS
+from .ray_cli import add_ray_args, ray_backend, ray_only_flags
 from .runner import RunOptions, run
 
 __all__ = ["encode_video_main"]
@@ -54,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     where.add_argument("--precision", default="fp32", help="the CNN's arithmetic: fp32 (default), bf16, fp16")
     where.add_argument("--compile", action="store_true", help="torch.compile the CNN (on CPU: needs g++)")
+    add_ray_args(parser.add_argument_group("on Ray (pip install 'vidlstm[ray]')"))
     decode = parser.add_argument_group("decoding (in process)")
     decode.add_argument("--decoder", choices=("pyav", "opencv"), default="pyav", help="default: pyav")
     decode.add_argument(
@@ -103,6 +106,11 @@ def encode_video_main(argv: list[str]) -> int:
 
 
 def _backend(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Backend:
+    if args.ray or args.ray_address:
+        return ray_backend(args, parser)
+    stray = ray_only_flags(args)
+    if stray:
+        parser.error(f"{', '.join(stray)} apply with --ray or --ray-address")
     if args.server:
         if args.precision != "fp32" or args.compile:
             parser.error("--precision and --compile apply in process; a server runs with its own")

@@ -15,9 +15,10 @@ from vidlstm.clients import FrameSelection
 from .backends import Backend, Finished
 from .inputs import VideoInput
 from .manifest import Manifest, fingerprint
-from .outputs import remove_partials, write_output
+from .outputs import remove_partials
 from .plan import make_plan
 from .record import Recorder
+from .writer import OutputWriter
 
 __all__ = ["RunOptions", "run"]
 
@@ -49,33 +50,31 @@ def run(inputs: list[VideoInput], backend: Backend, options: RunOptions) -> int:
         recorder.failed(task, error)
     for task in plan.skipped:
         recorder.skipped(task)
+    writer = OutputWriter(options.format, backend.spec_json, backend.weights_hash, settings)
     finished = backend.encode_all(
-        plan.todo, options.selection, save_state=options.save_state, progress=recorder.progress.frames
+        plan.todo,
+        options.selection,
+        save_state=options.save_state,
+        progress=recorder.progress.frames,
+        writer=writer,
     )
     for done in finished:
-        _record(done, backend, options, settings, recorder)
+        _record(done, writer, recorder)
+    remove_partials(out_dir)  # a Ray worker killed while writing leaves its temporary file
     return recorder.close(len(inputs))
 
 
-def _record(
-    done: Finished, backend: Backend, options: RunOptions, settings: dict[str, Any], recorder: Recorder
-) -> None:
-    """Writes a finished video's output and records it; a video that failed, or whose output
-    cannot be written, is recorded failed."""
+def _record(done: Finished, writer: OutputWriter, recorder: Recorder) -> None:
+    """Writes a finished video's output (unless its backend wrote it) and records it; a video that
+    failed, or whose output cannot be written, is recorded failed."""
     if done.error is not None:
         recorder.failed(done.task, done.error)
         return
-    assert done.video is not None
-    assert done.task.stamp is not None  # planned tasks carry their source's stamp
-    done.video.metadata.update(
-        source=str(done.task.path),
-        size_bytes=done.task.stamp.size_bytes,
-        spec=backend.spec_json,
-        weights_hash=backend.weights_hash,
-        options=settings,
-    )
+    if done.video is None:  # written where it was encoded (a Ray worker)
+        recorder.ok(done.task, done.frames, done.seconds)
+        return
     try:
-        write_output(done.task.outputs, options.format, done.video)
+        writer.write(done.task, done.video)
     except Exception as error:  # one bad video must not stop the batch: it is recorded instead
         recorder.failed(done.task, error)
         return
