@@ -8,9 +8,10 @@
 - M: the default model alone at the pipeline's batch (128 frames), the better of one process with
   a torch thread per core and one single-threaded process per core;
 - B = 1 / (1/D_gray + 1/P + 1/M): the serial bound of this machine for the gray default model;
-- encode-video: `--jobs 1` and the default, and an earlier version (`--before REV`), each as the
-  frames/s after start-up (the frame difference of a run on all clips and a run on one, over the
-  time difference), with the peak memory (PSS of the run's processes) of the run on all clips;
+- encode-video: `--jobs 1`, the default and `--ray` (needs vidlstm[ray]), and an earlier version
+  (`--before REV`), each as the frames/s after start-up (the frame difference of a run on all clips
+  and a run on one, over the time difference: Ray's start-up cancels out), with the peak memory (PSS
+  of the run's processes) of the run on all clips;
   resnet18 at 224 (`--max-frames`) the same way.
 
     python benchmarks/bench_video.py [--clips 8] [--frames 300] [--before 084e114] [--quick]
@@ -221,6 +222,7 @@ def measure(clips: list[Path], frames: int, root: Path, before: dict[str, str] |
     runs = {
         "jobs 1": (frames, ["--jobs", "1"], env),
         "default": (frames, [], env),
+        "ray": (frames, ["--ray"], env),  # local Ray, default workers: its overhead vs the default
         "resnet jobs 1": (16, [*resnet, "--jobs", "1", "--threads", str(cores)], env),
         "resnet default": (16, resnet, env),
     }
@@ -279,6 +281,7 @@ def report(best: dict[str, float], count: int, frames: int, cores: int, before: 
         "before": f"encode-video at {before} (before)",
         "jobs 1": "encode-video --jobs 1",
         "default": f"encode-video (default: --jobs {cores})",
+        "ray": "encode-video --ray (local Ray, default --workers)",
         "resnet jobs 1": f"resnet18@224, --jobs 1 --threads {cores} (16 frames a clip)",
         "resnet default": "resnet18@224, default (16 frames a clip)",
     }

@@ -28,7 +28,7 @@ from .plan import Task
 from .ray_worker import ModelOptions, VideoEncoder, WorkerConfig
 from .writer import OutputWriter
 
-__all__ = ["TASK_RETRIES", "RayBackend", "RayOptions", "RayWorkerDiedError"]
+__all__ = ["TASK_RETRIES", "Encoding", "RayBackend", "RayOptions", "RayWorkerDiedError", "connect"]
 
 log = logging.getLogger("vidlstm.tools.batch")
 
