@@ -72,7 +72,7 @@ def test_a_refused_first_step_leaves_no_state_behind(
             async with client.session(CAPACITY, pixel_format="GRAY") as warm:  # state in every slot
                 for frame in frames[:2]:
                     await warm.step(np.repeat(frame[None], CAPACITY, axis=0))
-            for _ in range(4):  # rounds of load until some first steps were refused
+            for _ in range(12):  # rounds of load until some first steps were refused (a loaded machine: more)
                 busy = asyncio.ensure_future(keep_model_busy(queue_of_one.address, 4))
                 retry = []
                 while not busy.done() and len(retry) < 20:
