@@ -168,6 +168,9 @@ def test_two_node_cluster_with_token_auth_equals_the_local_run(
         ),
         (["--ray", "--cpus-per-worker", "0"], "must be a number > 0, got '0'"),
         (["--workers", "2"], "--workers apply with --ray or --ray-address"),
+        (["--cpus-per-worker", "1"], "--cpus-per-worker apply with --ray"),  # also at its default
+        (["--gpus-per-worker", "0"], "--gpus-per-worker apply with --ray"),
+        (["--ray-address", "127.0.0.1:9"], "--ray-address 127.0.0.1:9: nothing accepts connections there"),
         (["--ray", "--ray-token-file", "t"], "--ray-token-file applies with --ray-address"),
     ],
 )

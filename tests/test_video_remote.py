@@ -3,11 +3,13 @@ batcher sees several videos at once; the outputs are those of the local run."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import serving
 from videos import write_video
 
@@ -46,3 +48,27 @@ def test_jobs_keep_several_uploads_in_flight(model: InferenceModel, tmp_path: Pa
         remote, here = np.load(tmp_path / "remote" / name), np.load(tmp_path / "local" / name)
         np.testing.assert_allclose(remote["embeddings"], here["embeddings"], atol=1e-5, rtol=0)
         assert remote["frame_indices"].tolist() == list(range(90))
+
+
+def test_a_servers_gray_outputs_are_recorded_as_luma(
+    model: InferenceModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A server decodes a gray model's frames from the luma plane: its outputs carry the options and
+    fingerprint of the local default (luma) run, so either run skips the other's; --gray and
+    --decoder, which apply in process, are usage errors with --server."""
+    video = write_video(tmp_path / "clip.mp4", frames=12, width=160, height=120)
+    out = tmp_path / "out"
+    with serving(model) as server:
+        remote = ["--quiet", str(video), "--out", str(out), "--server", server.address]
+        assert encode_video_main(remote) == 0
+        for flags in (["--gray", "rgb"], ["--decoder", "opencv"]):
+            with pytest.raises(SystemExit) as exit_:
+                encode_video_main([*remote, *flags])
+            assert exit_.value.code == 2
+            assert "apply in process" in capsys.readouterr().err
+    metadata = json.loads(str(np.load(out / "clip.mp4.npz")["metadata"]))
+    assert metadata["options"]["gray"] == "luma"
+    local = ["--quiet", str(video), "--out", str(out), "--device", "cpu"]
+    assert encode_video_main(local) == 0
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [line["status"] for line in manifest] == ["ok", "skipped"]

@@ -127,9 +127,11 @@ class RemoteBackend:
         self.client = client
         self.jobs = jobs
         info = client.info()
-        # As in process: a precision other than fp32 changes results ("" is a server before ModelInfo said).
-        precision = info.precision or "fp32"
-        self.result_options: dict[str, Any] = {} if precision == "fp32" else {"precision": precision}
+        # As in process ("" is a server from before ModelInfo said its precision): a server decodes gray
+        # models from the luma plane, with PyAV unless started with --decoder opencv (not advertised).
+        self.result_options = result_options(
+            info.precision or "fp32", info.input_channels == 1, decoder="pyav", luma=True
+        )
         self.weights_hash = info.weights_hash
         self.spec_json = info.spec_json
         self.embedding_size = info.embedding_size

@@ -114,6 +114,11 @@ def _backend(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Backe
     if args.server:
         if args.precision != "fp32" or args.compile:
             parser.error("--precision and --compile apply in process; a server runs with its own")
+        if args.gray != "luma" or args.decoder != "pyav":
+            parser.error(
+                "--gray and --decoder apply in process; a server decodes with its own decoder, gray models "
+                "from the luma plane"
+            )
         return RemoteBackend(client_from_args(args, parser), jobs=args.jobs or usable_cores())
     from vidlstm.models import load_inference_model, select_device
 

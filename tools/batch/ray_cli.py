@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,8 +27,9 @@ def add_ray_args(group: argparse._ArgumentGroup) -> None:
         metavar="MIN[:MAX]",
         help="Ray workers, each loading the model once: N, or MIN:MAX (default: 1:as many as the CPUs hold)",
     )
-    group.add_argument("--cpus-per-worker", type=_amount(zero=False), default=1.0, help="default: 1")
-    group.add_argument("--gpus-per-worker", type=_amount(zero=True), default=0.0, help="default: 0 (CPU)")
+    # Defaults applied in ray_backend(): None here tells a flag given (even at its default) from none.
+    group.add_argument("--cpus-per-worker", type=_amount(zero=False), help="default: 1")
+    group.add_argument("--gpus-per-worker", type=_amount(zero=True), help="default: 0 (CPU)")
     group.add_argument(
         "--ray-token-file",
         type=Path,
@@ -67,14 +69,29 @@ def _amount(*, zero: bool) -> Callable[[str], float]:
 
 
 def ray_only_flags(args: argparse.Namespace) -> list[str]:
-    """The Ray flags given (away from their defaults): a usage error without --ray."""
+    """The Ray flags given: a usage error without --ray."""
     given = {
-        "--workers": args.workers is not None,
-        "--cpus-per-worker": args.cpus_per_worker != 1.0,
-        "--gpus-per-worker": args.gpus_per_worker != 0.0,
-        "--ray-token-file": args.ray_token_file is not None,
+        "--workers": args.workers,
+        "--cpus-per-worker": args.cpus_per_worker,
+        "--gpus-per-worker": args.gpus_per_worker,
+        "--ray-token-file": args.ray_token_file,
     }
-    return [flag for flag, present in given.items() if present]
+    return [flag for flag, value in given.items() if value is not None]
+
+
+def check_reachable(address: str, parser: argparse.ArgumentParser) -> None:
+    """Refuses an address where nothing accepts connections: Ray would retry joining for minutes
+    (and ignore SIGTERM meanwhile). "auto" and addresses without a port are left to Ray."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as error:
+        parser.error(
+            f"--ray-address {address}: nothing accepts connections there ({error}); start the cluster "
+            "(ray start --head) or give its head's address"
+        )
 
 
 def ray_backend(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Backend:
@@ -103,8 +120,12 @@ def ray_backend(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Ba
     from .decoders import DecodeOptions
     from .ray_worker import ModelOptions
 
-    per_worker = max(1, int(args.cpus_per_worker))
-    device = "cuda" if args.gpus_per_worker > 0 else "cpu"
+    cpus = 1.0 if args.cpus_per_worker is None else args.cpus_per_worker
+    gpus = 0.0 if args.gpus_per_worker is None else args.gpus_per_worker
+    if args.ray_address:
+        check_reachable(args.ray_address, parser)
+    per_worker = max(1, int(cpus))
+    device = "cuda" if gpus > 0 else "cpu"
     model_path, spec_path = (None if p is None else p.resolve() for p in (args.model, args.spec))
     # Absolute paths: workers start in other folders.
     options = ModelOptions(
@@ -127,5 +148,5 @@ def ray_backend(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Ba
         grayscale_luma,
     )
     low, high = args.workers or (1, None)
-    ray_options = RayOptions(args.ray_address, low, high, args.cpus_per_worker, args.gpus_per_worker)
+    ray_options = RayOptions(args.ray_address, low, high, cpus, gpus)
     return RayBackend(ray_options, options, encoding, decode)
