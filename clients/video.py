@@ -56,3 +56,5 @@ def video_requests(
         while data := file.read(chunk_bytes):
             yield pb.VideoRequest(options=options, data=data) if first else pb.VideoRequest(data=data)
             first = False
+    if first:  # an empty file: still a request, refused by the server as the video it is not
+        yield pb.VideoRequest(options=options)

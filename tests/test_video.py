@@ -210,6 +210,7 @@ def test_corrupt_and_truncated_files_fail_alone(
     good = write_video(inputs / "good.mp4", frames=10)
     (inputs / "garbage.mp4").write_bytes(os.urandom(3000))
     (inputs / "truncated.mp4").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (inputs / "empty.mp4").write_bytes(b"")
     out = tmp_path / "out"
     result = subprocess.run(
         [*CLI, str(inputs), "--out", str(out), "--server", video_server.address, "--format", "parquet"],
@@ -225,8 +226,10 @@ def test_corrupt_and_truncated_files_fail_alone(
         "good.mp4": "ok",
         "garbage.mp4": "failed",
         "truncated.mp4": "failed",
+        "empty.mp4": "failed",
     }
     assert "not a readable video" in records["garbage.mp4"]["error"]
+    assert "empty upload: the video file has no bytes" in records["empty.mp4"]["error"]
     assert sorted(p.name for p in out.iterdir()) == ["good.mp4.parquet", "manifest.jsonl"]
 
 
