@@ -149,7 +149,9 @@ class VideoService:
                     file.write(request.data)
                     request = await self._next_upload_chunk(requests)
             if size == 0:
-                raise InvalidArgument("empty upload: the video file has no bytes (send them in VideoRequest.data)")
+                raise InvalidArgument(
+                    "empty upload: the video file has no bytes (send them in VideoRequest.data)"
+                )
             return path
         except BaseException:
             path.unlink(missing_ok=True)
