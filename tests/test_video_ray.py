@@ -84,7 +84,7 @@ def _assert_same_outputs(expected: Path, got: Path, skip: tuple[str, ...] = ()) 
 
 
 def test_local_ray_equals_the_local_run_and_a_rerun_skips(
-    clips: Path, local_run: Path, tmp_path: Path
+    clips: Path, local_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "ray"
     assert _encode(clips, out, "--ray", "--workers", "1:2") == 0
@@ -92,6 +92,10 @@ def test_local_ray_equals_the_local_run_and_a_rerun_skips(
     _assert_same_outputs(local_run, out)
     assert all(status == "ok" for record in _statuses(out) for status in record.values())
     before = len(_statuses(out))
+    # Everything is done: the rerun skips it all without starting Ray.
+    monkeypatch.setattr(
+        ray, "init", lambda *args, **kwargs: pytest.fail("a rerun with nothing to do started Ray")
+    )
     assert _encode(clips, out, "--ray", "--workers", "1") == 0
     assert all(s == "skipped" for record in _statuses(out)[before:] for s in record.values())
     _assert_same_outputs(local_run, out)

@@ -59,7 +59,8 @@ class Encoding:
 
 
 class RayBackend:
-    """Connects at construction, so a cluster that refuses us is a usage error before any work."""
+    """Joins a cluster at construction, so one that refuses us is a usage error before any work; a
+    Ray of its own (`--ray`) starts only when there is work: a rerun with everything done starts none."""
 
     actor: type[VideoEncoder] = VideoEncoder  # Ray Data's callable class (a test swaps in one that dies)
 
@@ -72,7 +73,7 @@ class RayBackend:
         self.weights_hash = encoding.weights_hash
         self.spec_json = encoding.spec_json
         self.result_options = encoding.result_options
-        self._owned = connect(options)
+        self._owned = connect(options) if options.address is not None else False
 
     def encode_all(
         self,
@@ -85,6 +86,8 @@ class RayBackend:
     ) -> Iterator[Finished]:
         try:
             if tasks:
+                if self.options.address is None:
+                    self._owned = connect(self.options)
                 decode = replace(self.decode, selection=selection)
                 config = WorkerConfig(self.model, decode, save_state, writer)
                 yield from self._finished(tasks, self._dataset(tasks, config).iter_rows(), progress)
