@@ -131,15 +131,28 @@ def test_a_worker_that_dies_fails_its_video_only(
         _assert_same_outputs(local_run, out)
 
 
+def _two_node_cluster(tries: int = 3) -> Cluster:
+    """A head and a worker node on this machine. Ray waits a fixed 30 s for a node's raylet to
+    register, which a 2-core CI machine still busy with the previous test's Ray can miss: that (and
+    only that) is tried again."""
+    for attempt in range(1, tries + 1):
+        cluster = Cluster(initialize_head=False)
+        try:
+            cluster.add_node(num_cpus=1, include_dashboard=False)
+            cluster.add_node(num_cpus=1)
+            return cluster
+        except Exception as error:
+            cluster.shutdown()
+            if "timed out during startup" not in str(error) or attempt == tries:
+                raise
+    raise AssertionError("unreachable")
+
+
 def test_two_node_cluster_with_token_auth_equals_the_local_run(
     clips: Path, local_run: Path, tmp_path: Path
 ) -> None:
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "include_dashboard": False},
-    )
+    cluster = _two_node_cluster()
     try:
-        cluster.add_node(num_cpus=1)
         token = tmp_path / "token"
         token.write_text(TOKEN)
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}  # the file alone

@@ -158,8 +158,18 @@ def connect(options: RayOptions) -> bool:
     if options.address is None:
         # Ray 2.60 starts a local instance with token authentication (its token in ~/.ray/auth_token
         # unless RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH name one).
-        ray.init(address="local", num_cpus=usable_cores(), include_dashboard=False, configure_logging=False)
-        return True
+        for attempt in range(2):  # a busy machine can miss Ray's fixed wait for its own processes
+            try:
+                ray.init(
+                    address="local", num_cpus=usable_cores(), include_dashboard=False, configure_logging=False
+                )
+                return True
+            except Exception as error:
+                if attempt or "time" not in str(error).lower():  # "timed out", "Timed out waiting for"
+                    raise
+                log.warning("starting Ray timed out (%s); trying once more", error)
+                ray.shutdown()
+        raise AssertionError("unreachable")
     try:
         ray.init(address=options.address, configure_logging=False)
     except (ConnectionError, ray.exceptions.AuthenticationError) as error:
