@@ -18,6 +18,7 @@ from .requests import EncodeResult, SequenceInput
 from .session import AsyncSession, Session
 from .state import RecurrentState
 from .video import FrameSelection, VideoPart
+from .weights import PushResult, WeightsVersion
 
 __all__ = [
     "AsyncEncoderClient",
@@ -29,6 +30,7 @@ __all__ = [
     "InvalidInputError",
     "ModelMismatchError",
     "PermissionDeniedError",
+    "PushResult",
     "RecurrentState",
     "RetryPolicy",
     "SequenceInput",
@@ -41,4 +43,5 @@ __all__ = [
     "UnauthenticatedError",
     "VideoPart",
     "VidlstmError",
+    "WeightsVersion",
 ]

@@ -16,10 +16,18 @@ from .channel import Tls
 from .client import EncoderClient
 from .errors import VidlstmError
 
-__all__ = ["add_connection_args", "client_from_args", "encode_images_main", "health_main", "info_main"]
+__all__ = [
+    "add_connection_args",
+    "client_from_args",
+    "encode_images_main",
+    "health_main",
+    "info_main",
+    "push_weights_main",
+]
 
 
 TOKEN_ENV = "VIDLSTM_TOKEN"
+ADMIN_TOKEN_ENV = "VIDLSTM_ADMIN_TOKEN"
 
 
 def add_connection_args(
@@ -92,7 +100,33 @@ def info_main(argv: list[str]) -> int:
     print(f"embedding      {info.embedding_size} float32")
     print(f"state          {state}")
     print(f"weights        sha256:{info.weights_hash}")
+    step = f", learner step {info.weights.learner_step}" if info.weights.HasField("learner_step") else ""
+    print(f"version        {info.weights.version}{step} (lineage sha256:{info.lineage[:12]})")
     print(f"device         {info.device}")
+    return 0
+
+
+def push_weights_main(argv: list[str]) -> int:
+    parser = _server_parser(
+        "vidlstm push-weights",
+        "Install new weights (a .safetensors file of the served architecture) on a running server.",
+    )
+    parser.set_defaults(token=os.environ.get(ADMIN_TOKEN_ENV))
+    parser.add_argument("weights", type=Path, help=".safetensors file (vidlstm's save_checkpoint writes one)")
+    parser.add_argument("--learner-step", type=int, help="the training step these weights come from")
+    parser.epilog = (
+        f"--token defaults to ${ADMIN_TOKEN_ENV}: pushing needs an admin token (or admin certificate)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        with client_from_args(args, parser) as client:
+            result = client.push_weights(args.weights, learner_step=args.learner_step)
+    except (OSError, VidlstmError) as error:
+        parser.exit(1, f"vidlstm push-weights: {error}\n")
+    print(
+        f"serving version {result.weights.number} (weights sha256:{result.weights.weights_hash[:12]}), "
+        f"installed {result.install_ms:.1f} ms after the upload"
+    )
     return 0
 
 
@@ -137,7 +171,6 @@ def encode_images_main(argv: list[str]) -> int:
         images = [path.read_bytes() for path in args.images]
         with client_from_args(args, parser) as client:
             result = client.encode(images)
-            weights_hash = client.info().weights_hash
     except (OSError, VidlstmError) as error:
         parser.exit(1, f"vidlstm encode-images: {error}\n")
     tmp = args.out.with_name(f".{args.out.name}.tmp.npz")
@@ -145,7 +178,7 @@ def encode_images_main(argv: list[str]) -> int:
         tmp,
         embeddings=result.embeddings,
         files=np.array([str(p) for p in args.images]),
-        weights_hash=np.array(weights_hash),
+        weights_hash=np.array(result.weights.weights_hash),
     )
     tmp.replace(args.out)
     print(f"wrote {args.out}: {len(images)} frames -> embeddings {list(result.embeddings.shape)}")

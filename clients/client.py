@@ -43,6 +43,7 @@ from .session import AsyncSession, Session
 from .state import RecurrentState
 from .stream_messages import SessionConfig
 from .video import FrameSelection, VideoPart, video_requests
+from .weights import PushResult, WeightsSource, push_requests
 
 __all__ = ["AsyncEncoderClient", "EncoderClient"]
 
@@ -163,6 +164,16 @@ class EncoderClient(_ClientBase):
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
 
+    def push_weights(self, source: WeightsSource, *, learner_step: int | None = None) -> PushResult:
+        """Installs new weights (a .safetensors file, or its bytes) on the server; needs a client
+        made with an admin token (or admin certificate). Returns once they serve."""
+        requests = push_requests(source, learner_step=learner_step)
+        try:
+            response = self.stub.PushWeights(requests, timeout=self.timeout, metadata=self.metadata)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return PushResult.from_proto(response)
+
     def session(
         self,
         num_envs: int | None = None,
@@ -247,6 +258,17 @@ class AsyncEncoderClient(_ClientBase):
                 yield VideoPart.from_proto(response)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
+
+    async def push_weights(self, source: WeightsSource, *, learner_step: int | None = None) -> PushResult:
+        """Installs new weights (see `EncoderClient.push_weights`)."""
+        requests = await asyncio.to_thread(lambda: list(push_requests(source, learner_step=learner_step)))
+        try:
+            response = await self.stub.PushWeights(
+                iter(requests), timeout=self.timeout, metadata=self.metadata
+            )
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return PushResult.from_proto(response)
 
     def session(
         self,

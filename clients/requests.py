@@ -9,7 +9,8 @@ from typing import Literal
 import numpy as np
 
 from vidlstm.v1 import encoder_pb2 as pb
-from vidlstm.wire import raw_frames, tensor_from_proto
+from vidlstm.weights_version import WeightsVersion
+from vidlstm.wire import raw_frames, tensor_from_proto, weights_from_proto
 
 from .state import RecurrentState
 
@@ -34,6 +35,7 @@ class SequenceInput:
 class EncodeResult:
     embeddings: np.ndarray  # [T, D]
     state: RecurrentState | None  # pass back as `state=` to continue the sequence
+    weights: WeightsVersion  # the weights it ran on (every sequence of a call runs on one version)
 
 
 def frames_proto(frames: FrameInput, pixel_format: str) -> pb.Frames:
@@ -56,10 +58,12 @@ def encode_request(
 
 
 def encode_results(response: pb.EncodeResponse) -> list[EncodeResult]:
+    weights = weights_from_proto(response.weights)
     return [
         EncodeResult(
             tensor_from_proto(result.embeddings),
             RecurrentState.from_proto(result.final_state) if result.HasField("final_state") else None,
+            weights,
         )
         for result in response.results
     ]

@@ -4,7 +4,8 @@
         embeddings = session.step(frames, episode_start)      # [8, H, W, 1] -> [8, D]
 
 The server keeps every env's LSTM state for the life of the stream; `get_state` hands it out (to
-checkpoint or move an episode) and `initial_states` / `set_state` install it elsewhere.
+checkpoint or move an episode) and `initial_states` / `set_state` install it elsewhere. `weights`
+names the weights version the last step ran on (it changes when a learner pushes new weights).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 
 from vidlstm.v1 import encoder_pb2 as pb
 from vidlstm.v1 import encoder_pb2_grpc as pb_grpc
+from vidlstm.weights_version import WeightsVersion
 
 from .errors import StreamClosedError, error_for, from_rpc_error
 from .state import RecurrentState
@@ -38,6 +40,7 @@ class _SessionBase:
         self._ids = itertools.count()
         self._pending_states = dict(config.initial_states)
         self._closed = False
+        self.weights: WeightsVersion | None = None  # the weights the last answered step ran on
 
     def set_state(self, state: RecurrentState, env_id: int = 0) -> None:
         """Installs `state` for the env before its next step."""
@@ -67,6 +70,7 @@ class _SessionBase:
             self._pending_states = {}
         reply = read_reply(response)
         self._pending_states = {}
+        self.weights = reply.weights
         return reply
 
     def _result(self, reply: StepReply) -> np.ndarray:

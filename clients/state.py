@@ -14,15 +14,21 @@ __all__ = ["RecurrentState"]
 
 @dataclass(frozen=True)
 class RecurrentState:
-    """Per-sequence state (e.g. `h`, `c`: [num_layers, hidden]) and the weights it belongs to."""
+    """Per-sequence state (e.g. `h`, `c`: [num_layers, hidden]) and the weights that made it: their
+    hash, the server's lineage and the version (the server accepts it back within its window)."""
 
     weights_hash: str
     tensors: dict[str, np.ndarray]
+    lineage: str = ""
+    version: int = 0
 
     @classmethod
     def from_proto(cls, state: pb.State) -> RecurrentState:
-        return cls(state.weights_hash, {k: tensor_from_proto(v) for k, v in state.tensors.items()})
+        tensors = {k: tensor_from_proto(v) for k, v in state.tensors.items()}
+        return cls(state.weights_hash, tensors, state.lineage, state.version)
 
     def to_proto(self) -> pb.State:
         tensors = {k: tensor_to_proto(np.asarray(v)) for k, v in self.tensors.items()}
-        return pb.State(weights_hash=self.weights_hash, tensors=tensors)
+        return pb.State(
+            weights_hash=self.weights_hash, tensors=tensors, lineage=self.lineage, version=self.version
+        )

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vidlstm.v1 import encoder_pb2 as pb
-from vidlstm.wire import raw_frames, tensor_from_proto
+from vidlstm.weights_version import WeightsVersion
+from vidlstm.wire import raw_frames, tensor_from_proto, weights_from_proto
 
 from .errors import from_status_value
 from .requests import DTYPES, EmbeddingDType
@@ -39,6 +40,7 @@ class SessionConfig:
 class StepReply:
     embeddings: np.ndarray  # [B, D], or [0, D] for a state-only request
     states: dict[int, RecurrentState]
+    weights: WeightsVersion  # the weights the step ran on
 
 
 def step_request(
@@ -77,4 +79,4 @@ def read_reply(response: pb.StreamResponse) -> StepReply:
         tensor_from_proto(response.embeddings) if response.HasField("embeddings") else np.zeros((0, 0))
     )
     states = {env: RecurrentState.from_proto(state) for env, state in response.states.items()}
-    return StepReply(embeddings, states)
+    return StepReply(embeddings, states, weights_from_proto(response.weights))

@@ -11,7 +11,8 @@ import numpy as np
 
 from vidlstm.selection import FrameSelection
 from vidlstm.v1 import encoder_pb2 as pb
-from vidlstm.wire import tensor_from_proto
+from vidlstm.weights_version import WeightsVersion
+from vidlstm.wire import tensor_from_proto, weights_from_proto
 
 from .state import RecurrentState
 
@@ -29,6 +30,7 @@ class VideoPart:
     frame_indices: np.ndarray
     summary: pb.VideoSummary | None = None
     final_state: RecurrentState | None = field(default=None)
+    weights: WeightsVersion | None = None  # the weights these frames ran on (None on the summary)
 
     @classmethod
     def from_proto(cls, response: pb.VideoResponse) -> VideoPart:
@@ -41,6 +43,7 @@ class VideoPart:
             tensor_from_proto(response.embeddings),
             np.asarray(response.timestamps_ms, dtype=np.float64),
             np.asarray(response.frame_indices, dtype=np.int64),
+            weights=weights_from_proto(response.weights),
         )
 
 

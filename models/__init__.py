@@ -11,10 +11,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .checkpoint import CheckpointError, load_model, read_state_dict, save_checkpoint, weights_hash
+    from .checkpoint import (
+        CheckpointError,
+        checkpoint_bytes,
+        load_model,
+        read_state_dict,
+        save_checkpoint,
+        weights_hash,
+    )
     from .core import LSTMCore
     from .encoders import ENCODERS, ImpalaCNN, NatureCNN, TorchvisionBackbone, build_encoder
     from .images import decode_image
+    from .live_weights import ArchitectureMismatchError, StagedWeights, WeightsError, WeightsVersion
     from .model import EmbeddingModel, State, StateTensorSpec, build_model
     from .preprocessing import FrameError, prepare_frames
     from .registry import Registry
@@ -23,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENCODERS",
+    "ArchitectureMismatchError",
     "CheckpointError",
     "CoreSpec",
     "EmbeddingModel",
@@ -36,11 +45,15 @@ __all__ = [
     "NatureCNN",
     "PixelFormat",
     "Registry",
+    "StagedWeights",
     "State",
     "StateTensorSpec",
     "TorchvisionBackbone",
+    "WeightsError",
+    "WeightsVersion",
     "build_encoder",
     "build_model",
+    "checkpoint_bytes",
     "decode_image",
     "default_spec",
     "load_inference_model",
@@ -55,6 +68,7 @@ __all__ = [
 
 _MODULES = {  # name -> the module that defines it
     "CheckpointError": ".checkpoint",
+    "checkpoint_bytes": ".checkpoint",
     "load_model": ".checkpoint",
     "read_state_dict": ".checkpoint",
     "save_checkpoint": ".checkpoint",
@@ -66,6 +80,10 @@ _MODULES = {  # name -> the module that defines it
     "TorchvisionBackbone": ".encoders",
     "build_encoder": ".encoders",
     "decode_image": ".images",
+    "ArchitectureMismatchError": ".live_weights",
+    "StagedWeights": ".live_weights",
+    "WeightsError": ".live_weights",
+    "WeightsVersion": ".live_weights",
     "EmbeddingModel": ".model",
     "State": ".model",
     "StateTensorSpec": ".model",

@@ -14,6 +14,7 @@ import json
 import os
 import pickle
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -23,9 +24,18 @@ from safetensors.torch import load_file, save
 from .model import EmbeddingModel, build_model
 from .spec import ModelSpec
 
-__all__ = ["CheckpointError", "load_model", "read_state_dict", "save_checkpoint", "weights_hash"]
+__all__ = [
+    "CheckpointError",
+    "checkpoint_bytes",
+    "load_model",
+    "read_state_dict",
+    "save_checkpoint",
+    "tensors_hash",
+    "weights_hash",
+]
 
 SPEC_METADATA_KEY = "vidlstm.spec"
+LEARNER_STEP_METADATA_KEY = "vidlstm.learner_step"
 SPEC_FILES = ("spec.json", "spec.yaml", "spec.yml")
 WEIGHT_FILES = ("model.safetensors", "model.pt", "model.pth")
 
@@ -34,14 +44,24 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message says which file and why."""
 
 
-def save_checkpoint(model: EmbeddingModel, path: str | Path) -> Path:
-    """Writes `path` (a `.safetensors` file, spec in its metadata) atomically; returns it.
+def checkpoint_bytes(model: EmbeddingModel, *, learner_step: int | None = None) -> bytes:
+    """The model as a `.safetensors` file's bytes, spec (and the learner's step, if given) in its
+    metadata: what `save_checkpoint` writes and what `PushWeights` takes."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {SPEC_METADATA_KEY: model.spec.to_json()}
+    if learner_step is not None:
+        metadata[LEARNER_STEP_METADATA_KEY] = str(int(learner_step))
+    return save(tensors, metadata=metadata)
+
+
+def save_checkpoint(model: EmbeddingModel, path: str | Path, *, learner_step: int | None = None) -> Path:
+    """Writes `path` (a `.safetensors` file, spec in its metadata) atomically: written beside it, then
+    renamed over it, so a server watching `path` (--watch-weights) never reads half a file.
 
     The file gets mode 0666 less the umask, like any file a tool writes, so a container's non-root
     user can read a mounted checkpoint (safetensors' own `save_file` and mkstemp make it 0600)."""
     path = Path(path)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    data = save(tensors, metadata={SPEC_METADATA_KEY: model.spec.to_json()})
+    data = checkpoint_bytes(model, learner_step=learner_step)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     try:
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as file:
@@ -86,11 +106,16 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def weights_hash(model: torch.nn.Module) -> str:
     """sha256 over parameter names, dtypes, shapes and bytes: identifies the weights served."""
+    return tensors_hash(model.state_dict())
+
+
+def tensors_hash(tensors: Mapping[str, torch.Tensor]) -> str:
+    """`weights_hash` of a state dict."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(tensors.items()):
         cpu = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{cpu.dtype}:{tuple(cpu.shape)};".encode())
-        digest.update(cpu.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(cpu.reshape(-1).view(torch.uint8).numpy())  # the buffer itself, no copy
     return digest.hexdigest()
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_model, weights_hash
+from .live_weights import StagedWeights, TensorLayout, WeightsVersion, layout_of, stage_weights
 from .model import EmbeddingModel, State, StateTensorSpec, build_model
 from .spec import InputSpec, ModelSpec, default_spec
 
@@ -71,6 +72,11 @@ class InferenceModel:
     compiled) captures the CNN once per batch bucket during warm-up and replays it: one launch
     instead of one per layer. Off by default: served, the default model's batches took no less time
     with it (README, GPU table), the engine's other work dominating.
+
+    New weights may be installed while it serves (`stage_weights`, then `install_weights` between
+    batches); compiled, only with `live_weights`, which has the CNN take its weights as graph inputs
+    instead of frozen constants. `version` names the weights serving; `lineage` is the hash of the
+    weights it started with.
     """
 
     model: EmbeddingModel
@@ -78,15 +84,21 @@ class InferenceModel:
     precision: str = "fp32"
     compile: bool = False
     cuda_graphs: bool = False
+    live_weights: bool = False
     weights_hash: str = field(init=False)
+    lineage: str = field(init=False)
+    version: WeightsVersion = field(init=False)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; use {', '.join(PRECISIONS)}")
-        for name in ("compile", "cuda_graphs"):
+        for name in ("compile", "cuda_graphs", "live_weights"):
             if not isinstance(getattr(self, name), bool):  # "false" would be truthy
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         self.weights_hash = weights_hash(self.model)  # of the fp32 weights, before any cast
+        self.lineage = self.weights_hash
+        self.version = WeightsVersion(1, self.weights_hash)
+        self._layout: TensorLayout = layout_of(self.model.state_dict())  # fp32: what a push must match
         # channels_last: oneDNN's NHWC convolutions, ~1.3x faster for resnet18 on CPU here.
         self.model = self.model.to(self.device).to(memory_format=torch.channels_last).eval()
         self._cast_encoder(PRECISIONS[self.precision])
@@ -193,6 +205,31 @@ class InferenceModel:
         embeddings, state = self.recur(features, state, starts_t, history)
         return embeddings.cpu().numpy(), state
 
+    def stage_weights(self, data: bytes, learner_step: int | None = None) -> StagedWeights:
+        """Checks new weights (a `.safetensors` file's bytes) against this model and puts them on its
+        device in its precision; any thread. Raises `WeightsError` (`ArchitectureMismatchError` for weights
+        of another architecture or input) and leaves the model as it was."""
+        if self.compile and not self.live_weights:
+            raise RuntimeError("compiled without live_weights, the CNN's weights are frozen into its graph")
+        return stage_weights(
+            data,
+            spec=self.spec,
+            layout=self._layout,
+            targets=self.model.state_dict(),
+            learner_step=learner_step,
+        )
+
+    @torch.no_grad()
+    def install_weights(self, staged: StagedWeights) -> WeightsVersion:
+        """Copies staged weights into the model in place; on the model thread, between two batches
+        (a batch never mixes weights). Returns the new version."""
+        targets = self.model.state_dict()
+        for name, tensor in staged.tensors.items():
+            targets[name].copy_(tensor)
+        self.weights_hash = staged.weights_hash
+        self.version = WeightsVersion(self.version.number + 1, staged.weights_hash, staged.learner_step)
+        return self.version
+
     def _check_frames(self, frames: np.ndarray) -> None:
         spec = self.input_spec
         want = [spec.channels, spec.height, spec.width]
@@ -215,14 +252,15 @@ class InferenceModel:
 
     def _compile_encoder(self) -> None:
         """The CNN through torch.compile, frozen (weights as constants: oneDNN prepacks them on
-        CPU). On CPU one static graph per batch bucket: measured here, a graph with a dynamic batch
-        ran slower than eager mode. On CUDA one graph with a dynamic batch (cuDNN runs the
-        convolutions either way). Normalisation stays outside: frozen, it hit an Inductor bug."""
+        CPU) unless its weights may change (`live_weights`). On CPU one static graph per batch
+        bucket: measured here, a graph with a dynamic batch ran slower than eager mode. On CUDA one
+        graph with a dynamic batch (cuDNN runs the convolutions either way). Normalisation stays
+        outside: frozen, it hit an Inductor bug."""
         _check_compiler(self.device)
         buckets = 16  # powers of two up to 32768 frames: each CPU bucket is one graph, none evicted
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, buckets)
         dynamic = None if self.device.type == "cuda" else False
-        self.model.encoder.compile(dynamic=dynamic, options={"freezing": True})
+        self.model.encoder.compile(dynamic=dynamic, options={"freezing": not self.live_weights})
 
 
 @dataclass(frozen=True)
@@ -265,15 +303,17 @@ def load_inference_model(
     precision: str = "fp32",
     compile: bool = False,
     cuda_graphs: bool = False,
+    live_weights: bool = False,
 ) -> InferenceModel:
     """The model the server and the tools run: a checkpoint (`model`; `spec` for weights that carry
     none), else the seeded model of `spec`, else the default model; on `device`, with `threads` torch
     threads (None: torch's default), its CNN in `precision`, compiled when `compile`, captured in
-    CUDA graphs on CUDA when `cuda_graphs` (and not compiled)."""
+    CUDA graphs on CUDA when `cuda_graphs` (and not compiled), ready for new weights while it serves
+    when `live_weights`."""
     set_threads(threads)
     target = select_device(device)
     if model is not None:
         built = load_model(model, spec)
     else:
         built = build_model(default_spec() if spec is None else ModelSpec.load(spec))
-    return InferenceModel(built, target, precision, compile, cuda_graphs)
+    return InferenceModel(built, target, precision, compile, cuda_graphs, live_weights)

@@ -1,5 +1,6 @@
 """Bearer-token authentication for every RPC but the probes: the health service and KServe v2's
-ServerLive/ServerReady (Kubernetes and load balancers send no token)."""
+ServerLive/ServerReady (Kubernetes and load balancers send no token); PushWeights checks an admin
+credential of its own instead."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import grpc
 
-__all__ = ["OPEN_SERVICES", "BearerTokenInterceptor", "bearer_token"]
+__all__ = ["OPEN_SERVICES", "SELF_CHECKED", "BearerTokenInterceptor", "bearer_token"]
 
 OPEN_SERVICES = (  # prefixes of full method names
     "/grpc.health.v1.Health/",
@@ -17,6 +18,8 @@ OPEN_SERVICES = (  # prefixes of full method names
     "/inference.GRPCInferenceService/ServerReady",
     "/inference.GRPCInferenceService/ModelReady",
 )
+# Methods that check their own, stronger credential (an admin token or certificate, see push.py).
+SELF_CHECKED = ("/vidlstm.v1.Encoder/PushWeights",)
 _MESSAGE = "missing or wrong bearer token: send metadata 'authorization: Bearer <token>'"
 
 
@@ -38,7 +41,11 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if handler is None or details.method.startswith(OPEN_SERVICES) or self._allowed(details):
+        if (
+            handler is None
+            or details.method.startswith(OPEN_SERVICES + SELF_CHECKED)
+            or self._allowed(details)
+        ):
             return handler
         return _denying(handler)
 

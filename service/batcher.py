@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 from .engine import BatchEngine, Job, JobResult
 from .errors import Internal, ResourceExhausted
@@ -21,6 +23,7 @@ from .metrics import Metrics
 __all__ = ["BatchStats", "Batcher"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -93,6 +96,11 @@ class Batcher:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         self._executor.shutdown(wait=True)
+
+    async def between_batches(self, work: Callable[[], T]) -> T:
+        """Runs `work` on the model thread between two batches: the thread runs one thing at a time,
+        so no batch sees half of what `work` changes (new weights, a state reset)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
 
     async def submit(self, job: Job) -> JobResult:
         """Queues one job and waits for its result (see `submit_request`)."""

@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         f" variable ({ENV_PREFIX}PORT=50051, {ENV_PREFIX}AUTH_TOKENS=a,b) or in the --config file.",
     )
     for name, field in ServerSettings.model_fields.items():
-        if name == "auth_tokens":
+        if name in ("auth_tokens", "admin_tokens"):
             continue  # secrets stay out of argv (visible in ps): use the env variable or auth_tokens_file
         parser.add_argument(
             f"--{name.replace('_', '-')}",

@@ -8,11 +8,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vidlstm.models import FrameError, InputSpec, PixelFormat, StateTensorSpec, decode_image, prepare_frames
+from vidlstm.models import (
+    FrameError,
+    InputSpec,
+    PixelFormat,
+    StateTensorSpec,
+    WeightsVersion,
+    decode_image,
+    prepare_frames,
+)
 from vidlstm.v1 import encoder_pb2 as pb
 from vidlstm.wire import WIRE_DTYPES, tensor_to_proto
 
-from .errors import FailedPrecondition, InvalidArgument
+from .errors import InvalidArgument
+from .versions import VersionHistory
 
 __all__ = [
     "FrameLimits",
@@ -159,21 +168,20 @@ def embedding_dtype(value: int) -> pb.DType:
     raise InvalidArgument(f"embedding_dtype must be FLOAT32 or FLOAT16, got {value}")
 
 
-def state_to_proto(state: Mapping[str, np.ndarray], weights_hash: str) -> pb.State:
-    """Per-env state (no batch dimension) -> State, tagged with the model's weights hash."""
+def state_to_proto(state: Mapping[str, np.ndarray], version: WeightsVersion, lineage: str) -> pb.State:
+    """Per-env state (no batch dimension) -> State, tagged with the weights that made it."""
     tensors = {name: tensor_to_proto(array) for name, array in state.items()}
-    return pb.State(weights_hash=weights_hash, tensors=tensors)
+    return pb.State(
+        weights_hash=version.weights_hash, tensors=tensors, lineage=lineage, version=version.number
+    )
 
 
 def state_from_proto(
-    state: pb.State, specs: list[StateTensorSpec], weights_hash: str
+    state: pb.State, specs: list[StateTensorSpec], history: VersionHistory
 ) -> dict[str, np.ndarray]:
-    """State -> per-env arrays, refusing state of another model or of the wrong shapes."""
-    if state.weights_hash != weights_hash:
-        raise FailedPrecondition(
-            f"state comes from model {state.weights_hash or '<none>'}, this server serves "
-            f"{weights_hash}; start from zero state (leave it unset) or use the right server"
-        )
+    """State -> per-env arrays, refusing state of another model (see `VersionHistory`) or of the
+    wrong shapes."""
+    history.check_state(state.weights_hash, state.lineage, state.version)
     expected = {s.name for s in specs}
     if set(state.tensors) != expected:
         raise InvalidArgument(

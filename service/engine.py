@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from vidlstm.models import InferenceModel, State, StateTensorSpec
+from vidlstm.models import InferenceModel, State, StateTensorSpec, WeightsVersion
 
 from .pool import StatePool
 from .transfer import Transfers
@@ -88,6 +88,7 @@ def batch_of(states: list[PerEnvState]) -> dict[str, np.ndarray]:
 class JobResult:
     embeddings: np.ndarray | None  # float32 [T, n, D]
     states: dict[str, np.ndarray] | None  # [.., len(read_slots), ..] per name
+    version: WeightsVersion  # the weights the whole batch ran on
 
 
 class BatchEngine:
@@ -104,6 +105,7 @@ class BatchEngine:
 
     @torch.inference_mode()
     def run(self, jobs: list[Job]) -> list[JobResult]:
+        version = self.model.version  # new weights are installed on this thread, between runs
         self._install([job for job in jobs if job.install_slots])
         for job in jobs:
             self.pool.check_installed(job.slots + job.read_slots)
@@ -122,7 +124,7 @@ class BatchEngine:
                 end = column + len(job.read_slots)
                 job_states = {name: value[:, column:end] for name, value in states.items()}
                 column = end
-            results.append(JobResult(embeddings.get(id(job)), job_states))
+            results.append(JobResult(embeddings.get(id(job)), job_states, version))
         return results
 
     def _install(self, jobs: list[Job]) -> None:

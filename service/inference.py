@@ -19,15 +19,17 @@ from typing import TypeVar
 
 import numpy as np
 
-from vidlstm.models import InferenceModel, InputSpec, StateTensorSpec
+from vidlstm.models import InferenceModel, InputSpec, StateTensorSpec, WeightsVersion
 from vidlstm.v1 import encoder_pb2 as pb
 
 from .batcher import Batcher
 from .convert import ResponseBudget
 from .engine import Job, PerEnvState, zero_state
 from .errors import InvalidArgument
+from .live_weights import LiveWeights
 from .sequences import SequenceRegistry, Ticket, shown
 from .streams import StreamRegistry, StreamState
+from .versions import VersionHistory
 from .video import VideoLimits, VideoService
 
 __all__ = ["InferenceCore", "SequenceInput", "SequenceOutput", "StepInput", "StepOutput"]
@@ -49,6 +51,7 @@ class SequenceInput:
 class SequenceOutput:
     embeddings: np.ndarray  # float32 [T, D]
     final_state: PerEnvState | None  # when asked for
+    version: WeightsVersion  # the weights it ran on (one version for all sequences of a call)
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class StepInput:
 class StepOutput:
     embeddings: np.ndarray | None  # float32 [n, D], in `env_ids` order
     states: dict[int, PerEnvState]  # env id -> state after the step, as asked for
+    version: WeightsVersion  # the weights it ran on
 
 
 class InferenceCore:
@@ -77,6 +81,7 @@ class InferenceCore:
         batcher: Batcher,
         streams: StreamRegistry,
         sequences: SequenceRegistry,
+        weights: LiveWeights,
         *,
         video: VideoLimits,
         stream_idle_timeout: float,
@@ -87,6 +92,8 @@ class InferenceCore:
         self.batcher = batcher
         self.streams = streams
         self.sequences = sequences
+        self.weights = weights
+        self.history: VersionHistory = weights.history
         self.stream_idle_timeout = stream_idle_timeout
         self.sequence_idle_timeout = sequence_idle_timeout
         self.state_specs: list[StateTensorSpec] = model.state_specs
@@ -162,7 +169,7 @@ class InferenceCore:
         for result in results:
             assert result.embeddings is not None
             final = None if result.states is None else {k: v[:, 0] for k, v in result.states.items()}
-            outputs.append(SequenceOutput(result.embeddings[:, 0], final))
+            outputs.append(SequenceOutput(result.embeddings[:, 0], final, result.version))
         return outputs
 
     # -- sessions --------------------------------------------------------------------------------
@@ -206,12 +213,15 @@ class InferenceCore:
         if result.states is not None:
             for column, env_id in enumerate(step.return_state_env_ids):
                 states[env_id] = {k: v[:, column] for k, v in result.states.items()}
-        return StepOutput(None if result.embeddings is None else result.embeddings[0], states)
+        embeddings = None if result.embeddings is None else result.embeddings[0]
+        return StepOutput(embeddings, states, result.version)
 
     # -- server-held sequences -------------------------------------------------------------------
 
-    async def sequence_step(self, ticket: Ticket, frame: np.ndarray, *, start: bool, end: bool) -> np.ndarray:
-        """One frame [1, C, H, W] of the ticket's sequence, at its turn in line -> embedding float32 [D].
+    async def sequence_step(
+        self, ticket: Ticket, frame: np.ndarray, *, start: bool, end: bool
+    ) -> SequenceOutput:
+        """One frame [1, C, H, W] of the ticket's sequence, at its turn in line -> embedding float32 [1, D].
 
         START zeroes the state (of a new sequence, or restarts a running one), END releases it after
         the step; a refused request changes nothing, so a refused START leaves no sequence."""
@@ -236,7 +246,7 @@ class InferenceCore:
         if end:
             self.sequences.end(ticket)
         assert result.embeddings is not None
-        return result.embeddings[0, 0]
+        return SequenceOutput(result.embeddings[:, 0], None, result.version)
 
     def _check_step(self, session: StreamState, step: StepInput, dtype: pb.DType) -> None:
         if step.frames is not None and len(step.env_ids) != len(step.frames):

@@ -66,6 +66,25 @@ class Metrics:
         self.live_sequences = Gauge(
             "vidlstm_live_sequences", "KServe v2 sequences the server holds state for", registry=self.registry
         )
+        self.weights_version = Gauge(
+            "vidlstm_weights_version",
+            "version of the weights serving (1: those loaded at start)",
+            registry=self.registry,
+        )
+        self.weight_installs = Counter(
+            "vidlstm_weight_installs", "new weights installed (pushed or watched)", registry=self.registry
+        )
+        self.weight_install_failures = Counter(
+            "vidlstm_weight_install_failures",
+            "new weights refused (not safetensors, another architecture, not finite); the old ones serve",
+            registry=self.registry,
+        )
+        self.weight_install_seconds = Histogram(
+            "vidlstm_weight_install_seconds",
+            "from a push's last byte (or a watched file's read) to the new weights serving",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
 
     def observe_batch(self, frames: int, queue_delays: list[float], model_seconds: float) -> None:
         self.batch_frames.observe(frames)

@@ -84,6 +84,11 @@ class StatePool:
         if stale:
             raise RuntimeError(f"slots {sorted(stale)} read before their state was installed")
 
+    def reset(self) -> None:
+        """Every slot back to zero state (the start of an episode); on the model thread."""
+        for tensor in self.tensors.values():
+            tensor.zero_()
+
     def gather(self, slots: torch.Tensor) -> State:
         return {name: tensor.index_select(1, slots) for name, tensor in self.tensors.items()}
 

@@ -11,6 +11,7 @@ import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import grpc
@@ -30,13 +31,16 @@ from .drain import DrainGate
 from .engine import BatchEngine
 from .inference import InferenceCore
 from .kserve import WIRE_SERVICE, KServeModel, KServeServicer
+from .live_weights import LiveWeights
 from .metrics import Metrics, MetricsInterceptor, start_metrics_http
 from .pool import StatePool
+from .push import AdminCredentials
 from .sequences import SequenceRegistry
 from .servicer import EncoderServicer
 from .settings import ServerSettings
 from .streams import StreamRegistry
 from .tls import server_credentials
+from .versions import VersionHistory
 from .video import VideoLimits
 
 __all__ = ["RunningServer", "create_server", "serve"]
@@ -61,7 +65,11 @@ class FrontEndFactory(Protocol):
 
 def v1_frontend(core: InferenceCore, settings: ServerSettings, drain: DrainGate) -> FrontEnd:
     servicer = EncoderServicer(
-        core, limits=_frame_limits(settings), default_deadline=settings.default_deadline_s
+        core,
+        limits=_frame_limits(settings),
+        default_deadline=settings.default_deadline_s,
+        admins=_admins(settings),
+        max_weights_bytes=settings.max_weights_bytes,
     )
     return FrontEnd(
         lambda server: pb_grpc.add_EncoderServicer_to_server(servicer, server), SERVICE_NAME, SERVICE_NAME
@@ -110,6 +118,7 @@ class RunningServer:
         self.drain.close()
         await self.drain.wait_idle(grace or 0)
         await self.server.stop(0)
+        self.core.weights.close()
         await self.batcher.stop()
         self.core.close()
 
@@ -136,11 +145,15 @@ async def create_server(settings: ServerSettings, model: InferenceModel) -> Runn
     metrics.live_streams.set_function(lambda: streams.live_streams)
     metrics.live_envs.set_function(lambda: pool.live)
     metrics.live_sequences.set_function(lambda: sequences.live_sequences)
+    metrics.weights_version.set_function(lambda: model.version.number)
+    history = VersionHistory(model.lineage, model.version, window=settings.state_version_window)
+    weights = LiveWeights(model, batcher, pool, history, metrics, reset_state=settings.reset_state_on_swap)
     core = InferenceCore(
         model,
         batcher,
         streams,
         sequences,
+        weights,
         video=VideoLimits(
             settings.video_root,
             settings.max_video_bytes,
@@ -187,10 +200,25 @@ async def create_server(settings: ServerSettings, model: InferenceModel) -> Runn
         raise OSError(f"could not bind {settings.host}:{settings.port}")
     batcher.start()
     core.start()
+    if settings.watch_weights is not None:
+        weights.start_watching(
+            settings.watch_weights, skip_first=_same_file(settings.watch_weights, settings.model)
+        )
     await server.start()
     for service in ("", *(f.health_name for f in frontends)):
         await health.set(service, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(server, port, core, batcher, health, metrics, drain)
+
+
+def _admins(settings: ServerSettings) -> AdminCredentials:
+    return AdminCredentials(settings.admin_tokens, settings.admin_client_names, settings.auth_tokens)
+
+
+def _same_file(path: Path, other: Path | None) -> bool:
+    try:
+        return other is not None and path.samefile(other)
+    except OSError:
+        return False
 
 
 def _frame_limits(settings: ServerSettings) -> FrameLimits:
@@ -224,6 +252,7 @@ async def serve(settings: ServerSettings) -> None:
         precision=settings.precision,
         compile=settings.compile,
         cuda_graphs=settings.cuda_graphs,
+        live_weights=_admins(settings).enabled or settings.watch_weights is not None,
     )
     model.warm_up(settings.max_batch_size)
     running = await create_server(settings, model)
@@ -235,7 +264,7 @@ async def serve(settings: ServerSettings) -> None:
             f"could not serve metrics on {settings.host}:{settings.metrics_port}: {error}"
         ) from None
     log.info(
-        "serving model %r (%s, embedding %d, weights %s) on %s (%s%s), listening on %s:%d",
+        "serving model %r (%s, embedding %d, weights %s, version 1) on %s (%s%s), listening on %s:%d",
         model.model.spec.name,
         model.model.spec.encoder.name,
         model.model.out_size,
@@ -247,9 +276,10 @@ async def serve(settings: ServerSettings) -> None:
         running.port,
     )
     log.info(
-        "transport: %s; auth: %s; metrics: %s",
+        "transport: %s; auth: %s; weights push: %s; metrics: %s",
         "mutual TLS" if settings.tls_client_ca else "TLS" if settings.tls_cert else "plaintext",
         f"{len(settings.auth_tokens)} bearer token(s)" if settings.auth_tokens else "none",
+        "on" if _admins(settings).enabled else "off",
         f"http://{settings.host}:{settings.metrics_port}/metrics"
         if settings.metrics_port is not None
         else "off",

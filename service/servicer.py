@@ -16,9 +16,10 @@ from typing import Any
 import grpc
 import numpy as np
 
+from vidlstm.models import WeightsVersion
 from vidlstm.v1 import encoder_pb2 as pb
 from vidlstm.v1 import encoder_pb2_grpc as pb_grpc
-from vidlstm.wire import tensor_to_proto
+from vidlstm.wire import tensor_to_proto, weights_to_proto
 
 from .convert import (
     FrameLimits,
@@ -33,6 +34,7 @@ from .errors import InvalidArgument, ServiceError
 from .identity import client_key
 from .inference import InferenceCore, SequenceInput, StepInput
 from .model_info import model_info
+from .push import AdminCredentials, receive_weights
 from .streams import StreamState
 from .unary import status_on_error
 
@@ -44,16 +46,48 @@ log = logging.getLogger(__name__)
 class EncoderServicer(pb_grpc.EncoderServicer):
     """The v1 API: converts each message into an `InferenceCore` call and the result back."""
 
-    def __init__(self, core: InferenceCore, *, limits: FrameLimits, default_deadline: float) -> None:
+    def __init__(
+        self,
+        core: InferenceCore,
+        *,
+        limits: FrameLimits,
+        default_deadline: float,
+        admins: AdminCredentials,
+        max_weights_bytes: int,
+    ) -> None:
         self.core = core
         self.limits = limits
         self.default_deadline = default_deadline
-        self._info = model_info(core.model, max_batch_size=core.batcher.max_batch_size)
+        self.admins = admins
+        self.max_weights_bytes = max_weights_bytes
 
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ModelInfo:
-        return self._info
+        return model_info(
+            self.core.model,
+            self.core.history,
+            max_batch_size=self.core.batcher.max_batch_size,
+            accepts_weights=self.admins.enabled,
+        )
+
+    @status_on_error
+    async def PushWeights(
+        self,
+        request_iterator: AsyncIterator[pb.PushWeightsRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> pb.PushWeightsResponse:
+        self.admins.check(context)
+        upload = await receive_weights(request_iterator, max_bytes=self.max_weights_bytes)
+        installed = await self.core.weights.install(
+            upload.data,
+            learner_step=upload.learner_step,
+            received_at=upload.received_at,
+            source=f"push from {context.peer()}",
+        )
+        return pb.PushWeightsResponse(
+            weights=weights_to_proto(installed.version), install_ms=installed.install_seconds * 1000
+        )
 
     @status_on_error
     async def Encode(
@@ -73,11 +107,11 @@ class EncoderServicer(pb_grpc.EncoderServicer):
             initial = self._state(sequence.initial_state) if sequence.HasField("initial_state") else None
             sequences.append(SequenceInput(frames, starts, initial))
         outputs = await self.core.encode(sequences, return_state=request.return_state, dtype=dtype)
-        response = pb.EncodeResponse()
+        response = pb.EncodeResponse(weights=weights_to_proto(outputs[0].version))
         for output in outputs:
             item = response.results.add(embeddings=tensor_to_proto(output.embeddings, dtype))
             if output.final_state is not None:
-                item.final_state.CopyFrom(self._state_proto(output.final_state))
+                item.final_state.CopyFrom(self._state_proto(output.final_state, output.version))
         return response
 
     async def EncodeStream(
@@ -128,10 +162,11 @@ class EncoderServicer(pb_grpc.EncoderServicer):
             response.error.field = error.field
             return response
         response.env_ids.extend(request.env_ids)
+        response.weights.CopyFrom(weights_to_proto(output.version))
         if output.embeddings is not None:
             response.embeddings.CopyFrom(tensor_to_proto(output.embeddings, dtype))
         for env_id, state in output.states.items():
-            response.states[env_id].CopyFrom(self._state_proto(state))
+            response.states[env_id].CopyFrom(self._state_proto(state, output.version))
         return response
 
     async def _step_input(self, request: pb.StreamRequest) -> StepInput:
@@ -158,10 +193,10 @@ class EncoderServicer(pb_grpc.EncoderServicer):
         return await self.core.offload(frames_to_model_input, frames, spec, self.limits)
 
     def _state(self, state: pb.State) -> PerEnvState:
-        return state_from_proto(state, self.core.state_specs, self.core.model.weights_hash)
+        return state_from_proto(state, self.core.state_specs, self.core.history)
 
-    def _state_proto(self, state: PerEnvState) -> pb.State:
-        return state_to_proto(state, self.core.model.weights_hash)
+    def _state_proto(self, state: PerEnvState, version: WeightsVersion) -> pb.State:
+        return state_to_proto(state, version, self.core.history.lineage)
 
 
 def _episode_starts(values: Any, count: int, where: str) -> np.ndarray:

@@ -126,6 +126,32 @@ class ServerSettings(BaseSettings):
     )
     # Never printed (repr=False); from the environment, comma-separated, or from auth_tokens_file.
     auth_tokens: Annotated[tuple[str, ...], NoDecode] = Field((), repr=False, validate_default=True)
+    admin_tokens_file: Path | None = Field(
+        None,
+        description="bearer tokens, one per line, that may push new weights (PushWeights); none of them"
+        " an inference token. Unset (and no --admin-client-names): pushing is off",
+    )
+    # Never printed; from the environment (comma-separated) or from admin_tokens_file.
+    admin_tokens: Annotated[tuple[str, ...], NoDecode] = Field((), repr=False, validate_default=True)
+    admin_client_names: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="client certificate names (mutual TLS, comma-separated) that may push new weights",
+    )
+    max_weights_bytes: Positive = Field(1 << 30, description="largest weights upload (PushWeights)")
+    watch_weights: Path | None = Field(
+        None,
+        description="a .safetensors file whose weights are installed whenever it is replaced (write it"
+        " beside, then rename over it); a file there at start is installed unless it is --model",
+    )
+    reset_state_on_swap: bool = Field(
+        False, description="at each new weights install, every episode the server holds restarts from zero"
+    )
+    state_version_window: int = Field(
+        100,
+        ge=0,
+        description="a client-held state is accepted from up to this many weights installs ago (0: only"
+        " from the weights serving)",
+    )
     grace_period_s: float = Field(
         10.0, ge=0, allow_inf_nan=False, description="on SIGTERM, how long running calls may finish"
     )
@@ -143,7 +169,7 @@ class ServerSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="least level logged")
     log_format: Literal["text", "json"] = Field("text", description="text lines, or one JSON object a line")
 
-    @field_validator("auth_tokens", "frontends", mode="before")
+    @field_validator("auth_tokens", "admin_tokens", "admin_client_names", "frontends", mode="before")
     @classmethod
     def _split_comma_list(cls, value: Any) -> Any:
         return value.split(",") if isinstance(value, str) else value
@@ -158,9 +184,27 @@ class ServerSettings(BaseSettings):
     @field_validator("auth_tokens")
     @classmethod
     def _add_tokens_from_file(cls, tokens: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
-        path: Path | None = info.data.get("auth_tokens_file")
-        lines = [*tokens, *(path.read_text().splitlines() if path is not None else [])]
-        return tuple(t for t in (line.strip() for line in lines) if t and not t.startswith("#"))
+        return _tokens(tokens, info.data.get("auth_tokens_file"))
+
+    @field_validator("admin_tokens")
+    @classmethod
+    def _add_admin_tokens_from_file(cls, tokens: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        admin = _tokens(tokens, info.data.get("admin_tokens_file"))
+        if set(admin) & set(info.data.get("auth_tokens", ())):
+            raise ValueError(
+                "an admin token is also an inference token: every inference client could push weights"
+            )
+        return admin
+
+    @field_validator("admin_client_names")
+    @classmethod
+    def _admin_names_need_client_certificates(
+        cls, names: tuple[str, ...], info: ValidationInfo
+    ) -> tuple[str, ...]:
+        names = tuple(n.strip() for n in names if n.strip())
+        if names and info.data.get("tls_client_ca") is None:
+            raise ValueError("admin client names are client certificate names: they need --tls-client-ca")
+        return names
 
     @classmethod
     def settings_customise_sources(
@@ -172,6 +216,12 @@ class ServerSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, env_settings, ConfigFileSource(settings_cls)
+
+
+def _tokens(tokens: tuple[str, ...], path: Path | None) -> tuple[str, ...]:
+    """Tokens given plus those of `path`, one per line, blank lines and # comments skipped."""
+    lines = [*tokens, *(path.read_text().splitlines() if path is not None else [])]
+    return tuple(t for t in (line.strip() for line in lines) if t and not t.startswith("#"))
 
 
 class ConfigFileSource(PydanticBaseSettingsSource):

@@ -18,7 +18,7 @@ from vidlstm.models.video import VideoError, probe_video
 from vidlstm.models.video_chunks import FrameChunk, prepared_chunks
 from vidlstm.selection import FrameSelection
 from vidlstm.v1 import encoder_pb2 as pb
-from vidlstm.wire import WIRE_DTYPES, selection_from_proto, tensor_to_proto
+from vidlstm.wire import WIRE_DTYPES, selection_from_proto, tensor_to_proto, weights_to_proto
 
 from .batcher import Batcher
 from .convert import ResponseBudget, embedding_dtype, state_to_proto
@@ -201,6 +201,7 @@ class VideoService:
                     embeddings=tensor_to_proto(result.embeddings[:, 0], dtype),
                     timestamps_ms=chunk.timestamps_ms.tolist(),
                     frame_indices=chunk.indices.tolist(),
+                    weights=weights_to_proto(result.version),
                 )
             summary = pb.VideoSummary(
                 frames=frames, width=info.width, height=info.height, fps=info.fps, codec=info.codec
@@ -209,11 +210,10 @@ class VideoService:
                 # With no frames sampled, nothing installed the zero state yet: this job does.
                 installs = {} if zero is None else {slot: zero}
                 read = Job.step(None, [], np.zeros((1, 0), bool), installs, [slot])
-                states = (await self.batcher.submit(read)).states
-                assert states is not None
-                summary.final_state.CopyFrom(
-                    state_to_proto({k: v[:, 0] for k, v in states.items()}, self.model.weights_hash)
-                )
+                result = await self.batcher.submit(read)
+                assert result.states is not None
+                state = {k: v[:, 0] for k, v in result.states.items()}
+                summary.final_state.CopyFrom(state_to_proto(state, result.version, self.model.lineage))
             yield pb.VideoResponse(summary=summary)
         finally:
             self.pool.release([slot])

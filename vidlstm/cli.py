@@ -15,6 +15,7 @@ COMMANDS = {
     "info": ("vidlstm.clients.cli:info_main", "describe the model a server serves"),
     "health": ("vidlstm.clients.cli:health_main", "exit 0 if a server's health service says SERVING"),
     "encode-images": ("vidlstm.clients.cli:encode_images_main", "embed image files as one sequence"),
+    "push-weights": ("vidlstm.clients.cli:push_weights_main", "install new weights on a running server"),
     "encode-video": ("vidlstm.tools.batch.cli:encode_video_main", "embed video files and folders, resumably"),
     "import": ("vidlstm.tools.import_cli:import_main", "turn an SB3 or CleanRL agent into a checkpoint"),
     "models": ("vidlstm.tools.models_cli:models_main", "list encoders; fetch a pretrained checkpoint"),

@@ -8,6 +8,7 @@ import numpy as np
 
 from vidlstm.selection import FrameSelection
 from vidlstm.v1 import encoder_pb2 as pb
+from vidlstm.weights_version import WeightsVersion
 
 __all__ = [
     "PIXEL_FORMATS",
@@ -18,6 +19,8 @@ __all__ = [
     "selection_to_proto",
     "tensor_from_proto",
     "tensor_to_proto",
+    "weights_from_proto",
+    "weights_to_proto",
 ]
 
 WIRE_DTYPES: dict[pb.DType, np.dtype] = {
@@ -89,3 +92,14 @@ def selection_from_proto(options: pb.VideoOptions) -> FrameSelection:
         end_s=options.end_s or None,
         max_frames=options.max_frames or None,
     )
+
+
+def weights_to_proto(version: WeightsVersion) -> pb.WeightsVersion:
+    return pb.WeightsVersion(
+        version=version.number, weights_hash=version.weights_hash, learner_step=version.learner_step
+    )
+
+
+def weights_from_proto(message: pb.WeightsVersion) -> WeightsVersion:
+    step = message.learner_step if message.HasField("learner_step") else None
+    return WeightsVersion(message.version, message.weights_hash, step)

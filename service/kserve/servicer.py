@@ -25,7 +25,7 @@ from ..convert import FrameLimits
 from ..drain import DrainGate
 from ..errors import InvalidArgument, ServiceError
 from ..identity import authenticated_client
-from ..inference import InferenceCore, SequenceInput
+from ..inference import InferenceCore, SequenceInput, SequenceOutput
 from ..sequences import SequenceKey, shown
 from ..unary import status_on_error
 from .model import KServeModel
@@ -194,8 +194,8 @@ class KServeServicer:
         frames, pixel_format = input_frames(request, self.model, self.limits)
         check_outputs(request, self.model)
         if control.sequence_id is None:
-            embeddings = await self._encode_one_step_episodes(frames, pixel_format)
-            return infer_response(request, self.model, embeddings)
+            output = await self._encode_one_step_episodes(frames, pixel_format)
+            return infer_response(request, self.model, output.embeddings, output.version)
         if len(frames) != 1:
             raise InvalidArgument(
                 f"inference request for sequence {shown(control.sequence_id)} must specify batch-size 1 (one "
@@ -204,15 +204,19 @@ class KServeServicer:
         key = SequenceKey(authenticated_client(context), control.sequence_id)
         with self.core.sequences.line_up(key) as ticket:
             prepared = await self._prepare(frames, pixel_format)
-            embedding = await self.core.sequence_step(ticket, prepared, start=control.start, end=control.end)
-        return infer_response(request, self.model, embedding[None])
+            output = await self.core.sequence_step(ticket, prepared, start=control.start, end=control.end)
+        return infer_response(request, self.model, output.embeddings, output.version)
 
-    async def _encode_one_step_episodes(self, frames: np.ndarray, pixel_format: PixelFormat) -> np.ndarray:
+    async def _encode_one_step_episodes(
+        self, frames: np.ndarray, pixel_format: PixelFormat
+    ) -> SequenceOutput:
+        """Each frame a one-step episode, all in one call: embeddings [N, D] on one version."""
         prepared = await self._prepare(frames, pixel_format)
         start = np.ones(1, dtype=bool)
         sequences = [SequenceInput(frame[None], start) for frame in prepared]
         outputs = await self.core.encode(sequences, return_state=False, dtype=pb.FLOAT32)
-        return np.stack([output.embeddings[0] for output in outputs])
+        embeddings = np.stack([output.embeddings[0] for output in outputs])
+        return SequenceOutput(embeddings, None, outputs[0].version)
 
     async def _prepare(self, frames: np.ndarray, pixel_format: PixelFormat) -> np.ndarray:
         """uint8 [N, H, W, C] -> model input; converting or resizing goes to the decode pool."""

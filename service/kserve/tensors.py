@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from vidlstm.kserve import grpc_service_pb2 as kpb
-from vidlstm.models import PixelFormat
+from vidlstm.models import PixelFormat, WeightsVersion
 
 from ..convert import FrameLimits, check_frame_shape
 from ..errors import InvalidArgument
@@ -135,10 +135,15 @@ def _refuse_unsupported(parameters: Any, where: str) -> None:
 
 
 def infer_response(
-    request: kpb.ModelInferRequest, model: KServeModel, embeddings: np.ndarray
+    request: kpb.ModelInferRequest, model: KServeModel, embeddings: np.ndarray, version: WeightsVersion
 ) -> kpb.ModelInferResponse:
-    """Embeddings float32 [N, D] -> the response, as raw contents."""
+    """Embeddings float32 [N, D] -> the response, as raw contents; the output's parameters name the
+    weights they ran on: `weights_version`, `weights_hash` and, when the push sent one, `learner_step`."""
     response = kpb.ModelInferResponse(model_name=model.name, model_version=MODEL_VERSION, id=request.id)
-    response.outputs.add(name=model.output_name, datatype="FP32", shape=list(embeddings.shape))
+    output = response.outputs.add(name=model.output_name, datatype="FP32", shape=list(embeddings.shape))
+    output.parameters["weights_version"].int64_param = version.number
+    output.parameters["weights_hash"].string_param = version.weights_hash
+    if version.learner_step is not None:
+        output.parameters["learner_step"].int64_param = version.learner_step
     response.raw_output_contents.append(np.ascontiguousarray(embeddings, dtype="<f4").tobytes())
     return response

@@ -64,7 +64,7 @@ class Frames(_message.Message):
     def __init__(self, raw: _Optional[_Union[RawFrames, _Mapping]] = ..., encoded: _Optional[_Union[EncodedFrames, _Mapping]] = ...) -> None: ...
 
 class State(_message.Message):
-    __slots__ = ("weights_hash", "tensors")
+    __slots__ = ("weights_hash", "tensors", "lineage", "version")
     class TensorsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -74,9 +74,23 @@ class State(_message.Message):
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
     WEIGHTS_HASH_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
+    LINEAGE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     weights_hash: str
     tensors: _containers.MessageMap[str, Tensor]
-    def __init__(self, weights_hash: _Optional[str] = ..., tensors: _Optional[_Mapping[str, Tensor]] = ...) -> None: ...
+    lineage: str
+    version: int
+    def __init__(self, weights_hash: _Optional[str] = ..., tensors: _Optional[_Mapping[str, Tensor]] = ..., lineage: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class WeightsVersion(_message.Message):
+    __slots__ = ("version", "weights_hash", "learner_step")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_HASH_FIELD_NUMBER: _ClassVar[int]
+    LEARNER_STEP_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    weights_hash: str
+    learner_step: int
+    def __init__(self, version: _Optional[int] = ..., weights_hash: _Optional[str] = ..., learner_step: _Optional[int] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
     __slots__ = ()
@@ -93,7 +107,7 @@ class StateTensorInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "spec_json", "pixel_formats", "input_height", "input_width", "input_channels", "frame_stack", "embedding_size", "state", "weights_hash", "device", "max_batch_size", "precision", "compiled")
+    __slots__ = ("name", "spec_json", "pixel_formats", "input_height", "input_width", "input_channels", "frame_stack", "embedding_size", "state", "weights_hash", "device", "max_batch_size", "precision", "compiled", "weights", "lineage", "state_version_window", "accepts_weights")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
     PIXEL_FORMATS_FIELD_NUMBER: _ClassVar[int]
@@ -108,6 +122,10 @@ class ModelInfo(_message.Message):
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     COMPILED_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    LINEAGE_FIELD_NUMBER: _ClassVar[int]
+    STATE_VERSION_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTS_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     spec_json: str
     pixel_formats: _containers.RepeatedScalarFieldContainer[PixelFormat]
@@ -122,7 +140,11 @@ class ModelInfo(_message.Message):
     max_batch_size: int
     precision: str
     compiled: bool
-    def __init__(self, name: _Optional[str] = ..., spec_json: _Optional[str] = ..., pixel_formats: _Optional[_Iterable[_Union[PixelFormat, str]]] = ..., input_height: _Optional[int] = ..., input_width: _Optional[int] = ..., input_channels: _Optional[int] = ..., frame_stack: _Optional[int] = ..., embedding_size: _Optional[int] = ..., state: _Optional[_Iterable[_Union[StateTensorInfo, _Mapping]]] = ..., weights_hash: _Optional[str] = ..., device: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., precision: _Optional[str] = ..., compiled: _Optional[bool] = ...) -> None: ...
+    weights: WeightsVersion
+    lineage: str
+    state_version_window: int
+    accepts_weights: bool
+    def __init__(self, name: _Optional[str] = ..., spec_json: _Optional[str] = ..., pixel_formats: _Optional[_Iterable[_Union[PixelFormat, str]]] = ..., input_height: _Optional[int] = ..., input_width: _Optional[int] = ..., input_channels: _Optional[int] = ..., frame_stack: _Optional[int] = ..., embedding_size: _Optional[int] = ..., state: _Optional[_Iterable[_Union[StateTensorInfo, _Mapping]]] = ..., weights_hash: _Optional[str] = ..., device: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., precision: _Optional[str] = ..., compiled: _Optional[bool] = ..., weights: _Optional[_Union[WeightsVersion, _Mapping]] = ..., lineage: _Optional[str] = ..., state_version_window: _Optional[int] = ..., accepts_weights: _Optional[bool] = ...) -> None: ...
 
 class Sequence(_message.Message):
     __slots__ = ("frames", "episode_start", "initial_state")
@@ -153,10 +175,12 @@ class SequenceResult(_message.Message):
     def __init__(self, embeddings: _Optional[_Union[Tensor, _Mapping]] = ..., final_state: _Optional[_Union[State, _Mapping]] = ...) -> None: ...
 
 class EncodeResponse(_message.Message):
-    __slots__ = ("results",)
+    __slots__ = ("results", "weights")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[SequenceResult]
-    def __init__(self, results: _Optional[_Iterable[_Union[SequenceResult, _Mapping]]] = ...) -> None: ...
+    weights: WeightsVersion
+    def __init__(self, results: _Optional[_Iterable[_Union[SequenceResult, _Mapping]]] = ..., weights: _Optional[_Union[WeightsVersion, _Mapping]] = ...) -> None: ...
 
 class StreamRequest(_message.Message):
     __slots__ = ("frames", "env_ids", "episode_start", "set_states", "return_state_env_ids", "release_env_ids", "embedding_dtype", "request_id")
@@ -196,7 +220,7 @@ class RequestError(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., field: _Optional[str] = ...) -> None: ...
 
 class StreamResponse(_message.Message):
-    __slots__ = ("embeddings", "env_ids", "states", "error", "request_id")
+    __slots__ = ("embeddings", "env_ids", "states", "error", "request_id", "weights")
     class StatesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -209,12 +233,14 @@ class StreamResponse(_message.Message):
     STATES_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     embeddings: Tensor
     env_ids: _containers.RepeatedScalarFieldContainer[int]
     states: _containers.MessageMap[int, State]
     error: RequestError
     request_id: int
-    def __init__(self, embeddings: _Optional[_Union[Tensor, _Mapping]] = ..., env_ids: _Optional[_Iterable[int]] = ..., states: _Optional[_Mapping[int, State]] = ..., error: _Optional[_Union[RequestError, _Mapping]] = ..., request_id: _Optional[int] = ...) -> None: ...
+    weights: WeightsVersion
+    def __init__(self, embeddings: _Optional[_Union[Tensor, _Mapping]] = ..., env_ids: _Optional[_Iterable[int]] = ..., states: _Optional[_Mapping[int, State]] = ..., error: _Optional[_Union[RequestError, _Mapping]] = ..., request_id: _Optional[int] = ..., weights: _Optional[_Union[WeightsVersion, _Mapping]] = ...) -> None: ...
 
 class VideoOptions(_message.Message):
     __slots__ = ("every", "fps", "start_s", "end_s", "max_frames", "embedding_dtype", "return_state", "chunk_frames")
@@ -263,13 +289,33 @@ class VideoSummary(_message.Message):
     def __init__(self, frames: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., fps: _Optional[float] = ..., codec: _Optional[str] = ..., final_state: _Optional[_Union[State, _Mapping]] = ...) -> None: ...
 
 class VideoResponse(_message.Message):
-    __slots__ = ("embeddings", "timestamps_ms", "frame_indices", "summary")
+    __slots__ = ("embeddings", "timestamps_ms", "frame_indices", "summary", "weights")
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMPS_MS_FIELD_NUMBER: _ClassVar[int]
     FRAME_INDICES_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     embeddings: Tensor
     timestamps_ms: _containers.RepeatedScalarFieldContainer[float]
     frame_indices: _containers.RepeatedScalarFieldContainer[int]
     summary: VideoSummary
-    def __init__(self, embeddings: _Optional[_Union[Tensor, _Mapping]] = ..., timestamps_ms: _Optional[_Iterable[float]] = ..., frame_indices: _Optional[_Iterable[int]] = ..., summary: _Optional[_Union[VideoSummary, _Mapping]] = ...) -> None: ...
+    weights: WeightsVersion
+    def __init__(self, embeddings: _Optional[_Union[Tensor, _Mapping]] = ..., timestamps_ms: _Optional[_Iterable[float]] = ..., frame_indices: _Optional[_Iterable[int]] = ..., summary: _Optional[_Union[VideoSummary, _Mapping]] = ..., weights: _Optional[_Union[WeightsVersion, _Mapping]] = ...) -> None: ...
+
+class PushWeightsRequest(_message.Message):
+    __slots__ = ("data", "learner_step", "sha256")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    LEARNER_STEP_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    learner_step: int
+    sha256: str
+    def __init__(self, data: _Optional[bytes] = ..., learner_step: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class PushWeightsResponse(_message.Message):
+    __slots__ = ("weights", "install_ms")
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    INSTALL_MS_FIELD_NUMBER: _ClassVar[int]
+    weights: WeightsVersion
+    install_ms: float
+    def __init__(self, weights: _Optional[_Union[WeightsVersion, _Mapping]] = ..., install_ms: _Optional[float] = ...) -> None: ...

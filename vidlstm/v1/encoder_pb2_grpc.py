@@ -54,6 +54,11 @@ class EncoderStub:
                 request_serializer=vidlstm_dot_v1_dot_encoder__pb2.VideoRequest.SerializeToString,
                 response_deserializer=vidlstm_dot_v1_dot_encoder__pb2.VideoResponse.FromString,
                 _registered_method=True)
+        self.PushWeights = channel.stream_unary(
+                '/vidlstm.v1.Encoder/PushWeights',
+                request_serializer=vidlstm_dot_v1_dot_encoder__pb2.PushWeightsRequest.SerializeToString,
+                response_deserializer=vidlstm_dot_v1_dot_encoder__pb2.PushWeightsResponse.FromString,
+                _registered_method=True)
 
 
 class EncoderServicer:
@@ -90,6 +95,16 @@ class EncoderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PushWeights(self, request_iterator, context):
+        """Installs new weights for the served model, uploaded in chunks as a .safetensors file: the same
+        architecture and input (encoder, core, input spec), any name or seed. Needs an admin credential
+        (the server's --admin-tokens-file or --admin-client-names; off without one). Answered once the
+        weights serve: installed between two batches, the state the server holds carried over.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EncoderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +127,11 @@ def add_EncoderServicer_to_server(servicer, server):
                     servicer.EncodeVideo,
                     request_deserializer=vidlstm_dot_v1_dot_encoder__pb2.VideoRequest.FromString,
                     response_serializer=vidlstm_dot_v1_dot_encoder__pb2.VideoResponse.SerializeToString,
+            ),
+            'PushWeights': grpc.stream_unary_rpc_method_handler(
+                    servicer.PushWeights,
+                    request_deserializer=vidlstm_dot_v1_dot_encoder__pb2.PushWeightsRequest.FromString,
+                    response_serializer=vidlstm_dot_v1_dot_encoder__pb2.PushWeightsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +242,33 @@ class Encoder:
             '/vidlstm.v1.Encoder/EncodeVideo',
             vidlstm_dot_v1_dot_encoder__pb2.VideoRequest.SerializeToString,
             vidlstm_dot_v1_dot_encoder__pb2.VideoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushWeights(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/vidlstm.v1.Encoder/PushWeights',
+            vidlstm_dot_v1_dot_encoder__pb2.PushWeightsRequest.SerializeToString,
+            vidlstm_dot_v1_dot_encoder__pb2.PushWeightsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,12 @@ class EncoderStub:
     """One video, uploaded in chunks or named by a path under the server's --video-root; embeddings
     come back in chunks as soon as they are computed, then a summary.
     """
+    PushWeights: _grpc.StreamUnaryMultiCallable[_encoder_pb2.PushWeightsRequest, _encoder_pb2.PushWeightsResponse]
+    """Installs new weights for the served model, uploaded in chunks as a .safetensors file: the same
+    architecture and input (encoder, core, input spec), any name or seed. Needs an admin credential
+    (the server's --admin-tokens-file or --admin-client-names; off without one). Answered once the
+    weights serve: installed between two batches, the state the server holds carried over.
+    """
 
 @_typing.type_check_only
 class EncoderAsyncStub(EncoderStub):
@@ -71,6 +77,12 @@ class EncoderAsyncStub(EncoderStub):
     EncodeVideo: _aio.StreamStreamMultiCallable[_encoder_pb2.VideoRequest, _encoder_pb2.VideoResponse]  # type: ignore[assignment]
     """One video, uploaded in chunks or named by a path under the server's --video-root; embeddings
     come back in chunks as soon as they are computed, then a summary.
+    """
+    PushWeights: _aio.StreamUnaryMultiCallable[_encoder_pb2.PushWeightsRequest, _encoder_pb2.PushWeightsResponse]  # type: ignore[assignment]
+    """Installs new weights for the served model, uploaded in chunks as a .safetensors file: the same
+    architecture and input (encoder, core, input spec), any name or seed. Needs an admin credential
+    (the server's --admin-tokens-file or --admin-client-names; off without one). Answered once the
+    weights serve: installed between two batches, the state the server holds carried over.
     """
 
 class EncoderServicer(metaclass=_abc_1.ABCMeta):
@@ -110,6 +122,18 @@ class EncoderServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_encoder_pb2.VideoResponse], _abc.AsyncIterator[_encoder_pb2.VideoResponse]]:
         """One video, uploaded in chunks or named by a path under the server's --video-root; embeddings
         come back in chunks as soon as they are computed, then a summary.
+        """
+
+    @_abc_1.abstractmethod
+    def PushWeights(
+        self,
+        request_iterator: _MaybeAsyncIterator[_encoder_pb2.PushWeightsRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_encoder_pb2.PushWeightsResponse, _abc.Awaitable[_encoder_pb2.PushWeightsResponse]]:
+        """Installs new weights for the served model, uploaded in chunks as a .safetensors file: the same
+        architecture and input (encoder, core, input spec), any name or seed. Needs an admin credential
+        (the server's --admin-tokens-file or --admin-client-names; off without one). Answered once the
+        weights serve: installed between two batches, the state the server holds carried over.
         """
 
 def add_EncoderServicer_to_server(servicer: EncoderServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,41 @@
+"""Client side of PushWeights: a `.safetensors` file (or its bytes) uploaded in chunks, with the
+learner's step and the file's sha256 (the server checks it)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from vidlstm.v1 import encoder_pb2 as pb
+from vidlstm.weights_version import WeightsVersion
+from vidlstm.wire import weights_from_proto
+
+__all__ = ["PushResult", "WeightsSource", "WeightsVersion", "push_requests"]
+
+UPLOAD_CHUNK_BYTES = 1 << 20
+WeightsSource = Path | str | bytes  # a .safetensors file, or its bytes
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """The version now serving, and how long the server took from the upload's last byte to serving."""
+
+    weights: WeightsVersion
+    install_ms: float
+
+    @classmethod
+    def from_proto(cls, response: pb.PushWeightsResponse) -> PushResult:
+        return cls(weights_from_proto(response.weights), response.install_ms)
+
+
+def push_requests(
+    source: WeightsSource, *, learner_step: int | None, chunk_bytes: int = UPLOAD_CHUNK_BYTES
+) -> Iterator[pb.PushWeightsRequest]:
+    """The request stream: the file's bytes in chunks, the first with the learner step and sha256."""
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    sha256 = hashlib.sha256(data).hexdigest()
+    yield pb.PushWeightsRequest(data=data[:chunk_bytes], learner_step=learner_step, sha256=sha256)
+    for start in range(chunk_bytes, len(data), chunk_bytes):
+        yield pb.PushWeightsRequest(data=data[start : start + chunk_bytes])

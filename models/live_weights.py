@@ -1,0 +1,164 @@
+"""New weights for a model while it serves: read from a `.safetensors` file's bytes, checked against
+the served model, staged on its device (any thread), then copied into it in place (the model thread,
+between two batches).
+
+Copying in place keeps every tensor where it was, so what was built around the weights keeps
+working: the CNN cast to bf16/fp16 (the staged copy is cast first), CUDA graphs (they read the
+weights' memory) and torch.compile (built with `live_weights`, it takes the weights as inputs
+instead of freezing them into the graph as constants).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load
+
+from vidlstm.weights_version import WeightsVersion
+
+from .checkpoint import LEARNER_STEP_METADATA_KEY, SPEC_METADATA_KEY, tensors_hash
+from .spec import ModelSpec
+
+__all__ = [
+    "ArchitectureMismatchError",
+    "StagedWeights",
+    "TensorLayout",
+    "WeightsError",
+    "WeightsVersion",
+    "layout_of",
+    "stage_weights",
+]
+
+# name -> (dtype, shape) of every tensor of a model's state dict
+TensorLayout = dict[str, tuple[torch.dtype, tuple[int, ...]]]
+
+
+class WeightsError(ValueError):
+    """Bytes that are not usable weights (not safetensors, not finite); the message says why."""
+
+
+class ArchitectureMismatchError(WeightsError):
+    """Weights of another architecture or input than the served model's; the message says what differs."""
+
+
+@dataclass(frozen=True)
+class StagedWeights:
+    """Checked weights on the model's device, each tensor in its target's dtype: installing them is
+    one copy per tensor."""
+
+    tensors: dict[str, torch.Tensor]
+    weights_hash: str  # of the fp32 weights as sent
+    learner_step: int | None
+
+
+def stage_weights(
+    data: bytes,
+    *,
+    spec: ModelSpec,
+    layout: TensorLayout,
+    targets: Mapping[str, torch.Tensor],
+    learner_step: int | None,
+) -> StagedWeights:
+    """Reads `data` (a `.safetensors` file) and checks it against the served model: its spec, when
+    it carries one, has the same encoder, core and input as `spec` (name and seed may differ); its
+    tensors have `layout`'s names, dtypes and shapes and are finite. Then casts and copies them to
+    `targets`' dtypes and device. `learner_step` None takes the file's own, if it has one."""
+    metadata = _metadata(data)
+    if SPEC_METADATA_KEY in metadata:
+        _check_spec(_spec(metadata[SPEC_METADATA_KEY]), spec)
+    try:
+        tensors = load(data)
+    except SafetensorError as error:
+        raise WeightsError(f"not a valid safetensors file: {error}") from None
+    _check_layout(tensors, layout)
+    bad = [
+        name for name, tensor in tensors.items() if tensor.is_floating_point() and not tensor.isfinite().all()
+    ]
+    if bad:
+        raise WeightsError(f"tensors {sorted(bad)} hold NaN or infinite values; nothing was installed")
+    staged = {
+        name: tensor.to(device=targets[name].device, dtype=targets[name].dtype, copy=True)
+        for name, tensor in tensors.items()
+    }
+    if any(t.device.type == "cuda" for t in staged.values()):
+        torch.cuda.synchronize()  # copied on this thread's stream: done before the model thread reads
+    if learner_step is None and LEARNER_STEP_METADATA_KEY in metadata:
+        learner_step = _learner_step(metadata[LEARNER_STEP_METADATA_KEY])
+    return StagedWeights(staged, tensors_hash(tensors), learner_step)
+
+
+def layout_of(tensors: Mapping[str, torch.Tensor]) -> TensorLayout:
+    return {name: (tensor.dtype, tuple(tensor.shape)) for name, tensor in tensors.items()}
+
+
+def _metadata(data: bytes) -> dict[str, str]:
+    """The `__metadata__` of a safetensors header: 8 bytes of header length, then JSON."""
+    if len(data) < 8:
+        raise WeightsError(f"not a safetensors file: {len(data)} bytes")
+    (length,) = struct.unpack("<Q", data[:8])
+    if length > len(data) - 8:
+        raise WeightsError(
+            f"not a safetensors file: its header claims {length} bytes, {len(data) - 8} follow"
+        )
+    try:
+        header = json.loads(data[8 : 8 + length])
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise WeightsError(f"not a safetensors file: its header is not JSON ({error})") from None
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def _spec(text: str) -> ModelSpec:
+    try:
+        return ModelSpec.from_dict(json.loads(text))
+    except (ValueError, TypeError) as error:
+        raise WeightsError(f"the file's model spec ({SPEC_METADATA_KEY}) is not valid: {error}") from None
+
+
+def _check_spec(sent: ModelSpec, served: ModelSpec) -> None:
+    """Encoder, core and input must match field by field; the name and seed are free."""
+    differences = [
+        f"{part}.{key} is {value!r}, the served model's is {served_value!r}"
+        for part in ("encoder", "core", "input")
+        for key, value in dataclasses.asdict(getattr(sent, part)).items()
+        if value != (served_value := dataclasses.asdict(getattr(served, part))[key])
+    ]
+    if differences:
+        raise ArchitectureMismatchError(
+            "the weights are for another architecture or input than the served model's: "
+            + "; ".join(differences)
+        )
+
+
+def _check_layout(tensors: Mapping[str, torch.Tensor], layout: TensorLayout) -> None:
+    missing = sorted(set(layout) - set(tensors))
+    unexpected = sorted(set(tensors) - set(layout))
+    if missing or unexpected:
+        raise ArchitectureMismatchError(
+            f"the weights do not fit the served model: missing tensors {missing[:8]}, unexpected "
+            f"tensors {unexpected[:8]}"
+            + (" (first 8 of each)" if max(len(missing), len(unexpected)) > 8 else "")
+        )
+    wrong = [
+        f"{name}: {tensor.dtype} {list(tensor.shape)} (served: {layout[name][0]} {list(layout[name][1])})"
+        for name, tensor in sorted(tensors.items())
+        if (tensor.dtype, tuple(tensor.shape)) != layout[name]
+    ]
+    if wrong:
+        raise ArchitectureMismatchError(
+            "the weights do not fit the served model (save them as the served model's fp32 state dict): "
+            + "; ".join(wrong[:8])
+        )
+
+
+def _learner_step(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise WeightsError(f"the file's {LEARNER_STEP_METADATA_KEY} is not an integer: {text!r}") from None
