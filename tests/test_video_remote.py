@@ -10,11 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import serving
 from videos import write_video
 
-from vidlstm.models import InferenceModel
+from vidlstm.clients import EncoderClient
+from vidlstm.models import InferenceModel, ModelSpec, build_model, checkpoint_bytes, default_spec
+from vidlstm.tools.batch.backends import RemoteBackend
 from vidlstm.tools.batch.cli import encode_video_main
+from vidlstm.tools.batch.inputs import expand_inputs
+from vidlstm.tools.batch.runner import RunOptions, run
 
 
 def test_jobs_keep_several_uploads_in_flight(model: InferenceModel, tmp_path: Path) -> None:
@@ -72,3 +77,20 @@ def test_a_servers_gray_outputs_are_recorded_as_luma(
     assert encode_video_main(local) == 0
     manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert [line["status"] for line in manifest] == ["ok", "skipped"]
+
+
+def test_weights_pushed_during_a_remote_run_fail_the_video_instead_of_mislabelling_it(tmp_path: Path) -> None:
+    """The run's outputs name the weights the server served when it started; a video embedded on
+    weights pushed since is not written under that name."""
+    video = write_video(tmp_path / "clip.mp4", frames=12, width=84, height=84)
+    served = InferenceModel(build_model(default_spec()), torch.device("cpu"))  # changed by the push
+    learner = checkpoint_bytes(build_model(ModelSpec(seed=31)))
+    with serving(served, admin_tokens=("admin",)) as server, EncoderClient(server.address) as client:
+        backend = RemoteBackend(client, jobs=1)
+        with EncoderClient(server.address, token="admin") as admin:
+            admin.push_weights(learner)
+        out = tmp_path / "out"
+        assert run(expand_inputs([str(video)]), backend, RunOptions(out, quiet=True)) == 1
+    assert not (out / "clip.mp4.npz").exists()
+    (record,) = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert "the server's weights changed during this run" in record["error"]

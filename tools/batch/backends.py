@@ -174,6 +174,12 @@ class RemoteBackend:
                 video_info = {"fps": s.fps, "width": s.width, "height": s.height, "codec": s.codec}
                 final = dict(part.final_state.tensors) if part.final_state else {}
                 continue
+            if part.weights is not None and part.weights.weights_hash != self.weights_hash:
+                raise RuntimeError(
+                    f"the server's weights changed during this run (now version {part.weights.number}, "
+                    f"{part.weights.weights_hash[:12]}; this run's outputs are of {self.weights_hash[:12]}): "
+                    "this video is not written; run again for the new weights"
+                )
             parts.append((part.embeddings, part.timestamps_ms, part.frame_indices))
             progress(len(part.embeddings))
         return EncodedVideo.joined(parts, self.embedding_size, video_info, final)
