@@ -16,12 +16,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ServerThread
+from conftest import ServerThread, serving
 from test_precision import assert_near
 from videos import write_video
 
 from vidlstm.clients import AsyncEncoderClient, EncoderClient, RecurrentState
-from vidlstm.models import InferenceModel, ModelSpec, PixelFormat, build_model, default_spec, prepare_frames
+from vidlstm.models import (
+    InferenceModel,
+    ModelSpec,
+    PixelFormat,
+    build_model,
+    checkpoint_bytes,
+    default_spec,
+    prepare_frames,
+)
 from vidlstm.models.video_pipeline import encode_video
 from vidlstm.service import ServerSettings
 from vidlstm.service.transfer import Transfers
@@ -196,3 +204,39 @@ def test_cuda_graphs_replay_the_eager_cnn(spec: ModelSpec, rng: np.random.Genera
         rtol=1e-4,
         atol=1e-4,
     )
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"cuda_graphs": True}, {"compile": True, "live_weights": True}, {"precision": "bf16"}],
+    ids=["cuda-graphs", "compiled", "bf16"],
+)
+def test_pushed_weights_serve_on_the_gpu(options: dict[str, object], rng: np.random.Generator) -> None:
+    """Weights pushed to a GPU server serve through CUDA graphs (they read the weights' memory), a
+    compiled CNN and bf16: a stream's steps before and after the push match the CPU model of each
+    version, the state carried across the push."""
+    served = InferenceModel(build_model(default_spec()), DEVICE, **options)  # type: ignore[arg-type]
+    served.warm_up(8)
+    learner = build_model(replace(default_spec(), name="learner", seed=41))
+    versions = {1: cpu_model(default_spec()), 2: InferenceModel(learner, CPU)}
+    frames = gray(rng, 6)
+    with (
+        serving(served, admin_tokens=("admin",), max_batch_size=8) as server,
+        EncoderClient(server.address, timeout=60) as client,
+        EncoderClient(server.address, timeout=60, token="admin") as admin,
+        client.session(pixel_format="GRAY") as session,
+    ):
+        got = []
+        for index, frame in enumerate(frames):
+            if index == 3:
+                admin.push_weights(checkpoint_bytes(learner))
+            got.append(session.step(frame))
+            assert session.weights is not None
+            assert session.weights.number == (1 if index < 3 else 2)
+    state = None
+    want = []
+    for index, frame in enumerate(frames):
+        embedding, state = versions[1 if index < 3 else 2].encode(frame.transpose(2, 0, 1)[None, None], state)
+        want.append(embedding[0, 0])
+    precision = str(options.get("precision", "fp32"))
+    assert_near(np.stack(got), np.stack(want), TOLERANCE[precision])

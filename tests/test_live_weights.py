@@ -274,6 +274,7 @@ def _state_with(state: RecurrentState, **changes: str) -> RecurrentState:
 
 @dataclass(frozen=True)
 class RefusedPush:
+    name: str
     data: bytes
     error: type[Exception]
     message: str
@@ -291,20 +292,36 @@ def _nan_weights() -> bytes:
 def _refusals() -> Iterator[RefusedPush]:
     other = checkpoint_bytes(build_model(ModelSpec(core=CoreSpec(hidden_size=128))))
     yield RefusedPush(
-        other, ModelMismatchError, r"another architecture .*core.hidden_size is 128, the served .* 256"
+        "other architecture",
+        other,
+        ModelMismatchError,
+        r"another architecture .*core.hidden_size is 128, the served .* 256",
     )
     partial = {k: v for k, v in build_model(default_spec()).state_dict().items() if "core" not in k}
-    yield RefusedPush(safetensors.torch.save(partial), ModelMismatchError, r"missing tensors \['core\.")
-    yield RefusedPush(b"not a safetensors file at all", InvalidInputError, "not a safetensors file")
-    yield RefusedPush(_nan_weights(), InvalidInputError, "NaN or infinite")
-    yield RefusedPush(learner_weights(9), ServerBusyError, "over the limit of", counted=False)  # size
     yield RefusedPush(
-        learner_weights(9), PermissionDeniedError, "not push weights", token="user", counted=False
+        "missing tensors", safetensors.torch.save(partial), ModelMismatchError, r"missing tensors \['core\."
     )
-    yield RefusedPush(learner_weights(9), UnauthenticatedError, "admin credential", token="", counted=False)
+    yield RefusedPush(
+        "not safetensors", b"not a safetensors file at all", InvalidInputError, "not a safetensors file"
+    )
+    yield RefusedPush("NaN weights", _nan_weights(), InvalidInputError, "NaN or infinite")
+    yield RefusedPush(
+        "over the size limit", learner_weights(9), ServerBusyError, "over the limit of", counted=False
+    )
+    yield RefusedPush(
+        "inference token",
+        learner_weights(9),
+        PermissionDeniedError,
+        "not push weights",
+        token="user",
+        counted=False,
+    )
+    yield RefusedPush(
+        "no token", learner_weights(9), UnauthenticatedError, "admin credential", token="", counted=False
+    )
 
 
-@pytest.mark.parametrize("refused", list(_refusals()), ids=lambda r: r.message[:24])
+@pytest.mark.parametrize("refused", list(_refusals()), ids=lambda r: r.name)
 def test_a_refused_push_changes_nothing(refused: RefusedPush) -> None:
     """The weights, the version and the state a stream holds are exactly as before the refusal."""
     limit = 1 << 20 if refused.error is ServerBusyError else 1 << 30

@@ -1,9 +1,10 @@
 """A model-based test: random interleavings of streams, steps, resets, state moves, releases, Encode
 calls, KServe v2 sequences (start, step, end, pipelined on a stream), cancels, malformed and over-limit
-requests, and bursts of concurrent requests of both protocols, driven against a real server with
-tight limits over real channels. A plain in-process model of the semantics is the
-reference: every accepted embedding and state must match it, every refusal must leave it unchanged,
-and the server's live streams and envs (read from /metrics) must always equal the reference's.
+requests, bursts of concurrent requests of both protocols, and weights pushes (accepted or refused),
+driven against a real server with tight limits over real channels. A plain in-process model of the
+semantics is the reference: every accepted embedding and state must match it (on the weights pushed
+last, the state carried across pushes), every refusal must leave it unchanged, and the server's live
+streams and envs (read from /metrics) must always equal the reference's.
 
 `VIDLSTM_STATEFUL_EXAMPLES` sets the number of runs (`make stateful` runs a long one).
 """
@@ -29,15 +30,17 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invaria
 from prometheus_client.parser import text_string_to_metric_families
 
 from vidlstm.kserve import grpc_service_pb2 as kpb
-from vidlstm.models import InferenceModel
+from vidlstm.models import InferenceModel, InputSpec, ModelSpec, build_model, checkpoint_bytes, default_spec
 from vidlstm.service import ServerSettings
 from vidlstm.service.metrics import start_metrics_http
 from vidlstm.v1 import encoder_pb2 as pb
 from vidlstm.v1 import encoder_pb2_grpc as pb_grpc
 from vidlstm.wire import raw_frames, tensor_from_proto, tensor_to_proto
 
+ADMIN = "stateful-admin"
 LIMITS = ServerSettings(
     port=0,
+    admin_tokens=(ADMIN,),
     max_queued_jobs=2,
     state_capacity=10,
     max_streams=3,
@@ -46,6 +49,7 @@ LIMITS = ServerSettings(
     max_sequences_per_client=3,  # auth is off: one count for all
 )
 MAX_ENV_ID = 7
+LEARNER_SEEDS = (0, 1, 2)  # pushed weights; 0: the default model's own, pushed again
 MAX_SEQUENCE_ID = 4
 MAX_ENVS_PER_STEP = 4
 OK, INVALID, FOREIGN, BUSY = (
@@ -278,6 +282,7 @@ class StatefulServer(RuleBasedStateMachine):
             assert code == expected, (code, reply.error.message)
         if code != OK:
             return  # a refusal changes nothing
+        assert reply.weights.weights_hash == self.ref.model.weights_hash
         frames = np.frombuffer(request.frames.raw.data, np.uint8).reshape(request.frames.raw.shape)
         embeddings = tensor_from_proto(reply.embeddings)
         after = dict(plan)
@@ -478,6 +483,22 @@ class StatefulServer(RuleBasedStateMachine):
             assert _code(reply) == grpc.StatusCode.DEADLINE_EXCEEDED, reply
         self.open.clear()
 
+    # -- weights -------------------------------------------------------------------------------
+
+    @rule(seed=st.sampled_from(sorted(LEARNER_SEEDS)), foreign=st.booleans())
+    def push_weights(self, seed: int, foreign: bool) -> None:
+        """A learner's push: the reference switches to those weights and keeps every state it holds
+        (the server carries state across versions); weights of another architecture change nothing."""
+        data = FOREIGN_WEIGHTS if foreign else WEIGHTS[seed]
+        try:
+            PUSH(iter([pb.PushWeightsRequest(data=data)]), metadata=[("authorization", f"Bearer {ADMIN}")])
+            code = OK
+        except grpc.RpcError as error:
+            code = error.code()
+        assert code == (FOREIGN if foreign else OK)
+        if not foreign:
+            self.ref.model = LEARNER_MODELS[seed]
+
     def _saved(self, pick: int) -> State:
         """A state seen before (zero state included), picked without depending on how many there are,
         so a rerun of the same example draws the same data."""
@@ -521,6 +542,10 @@ class StatefulServer(RuleBasedStateMachine):
 
 SERVER: ServerThread
 REFERENCE: Reference
+WEIGHTS: dict[int, bytes]
+FOREIGN_WEIGHTS: bytes
+LEARNER_MODELS: dict[int, InferenceModel]
+PUSH: grpc.StreamUnaryMultiCallable
 CHANNEL: grpc.Channel
 METRICS_PORT: int
 MODEL_INFER: grpc.UnaryUnaryMultiCallable
@@ -537,13 +562,25 @@ def _kserve_call(
 
 
 @pytest.fixture(scope="module")
-def live_server(model: InferenceModel) -> Iterator[None]:
+def live_server() -> Iterator[None]:
     global SERVER, REFERENCE, CHANNEL, METRICS_PORT, MODEL_INFER, MODEL_STREAM_INFER
-    SERVER = ServerThread(LIMITS, model)
+    global WEIGHTS, FOREIGN_WEIGHTS, LEARNER_MODELS, PUSH
+    cpu = torch.device("cpu")
+    learners = {seed: build_model(ModelSpec(name=f"learner-{seed}", seed=seed)) for seed in LEARNER_SEEDS}
+    WEIGHTS = {seed: checkpoint_bytes(model) for seed, model in learners.items()}
+    LEARNER_MODELS = {seed: InferenceModel(model, cpu) for seed, model in learners.items()}
+    FOREIGN_WEIGHTS = checkpoint_bytes(build_model(ModelSpec(input=InputSpec(height=64, width=64))))
+    served = InferenceModel(build_model(default_spec()), cpu)  # its own: pushes change it in place
+    SERVER = ServerThread(LIMITS, served)
     METRICS_PORT = free_port()
     stop_metrics = start_metrics_http(SERVER.running.metrics, "127.0.0.1", METRICS_PORT)
-    REFERENCE = Reference(model)
+    REFERENCE = Reference(LEARNER_MODELS[0])
     CHANNEL = grpc.insecure_channel(SERVER.address)
+    PUSH = CHANNEL.stream_unary(
+        "/vidlstm.v1.Encoder/PushWeights",
+        request_serializer=pb.PushWeightsRequest.SerializeToString,
+        response_deserializer=pb.PushWeightsResponse.FromString,
+    )
     MODEL_INFER = CHANNEL.unary_unary(
         "/inference.GRPCInferenceService/ModelInfer",
         request_serializer=kpb.ModelInferRequest.SerializeToString,
