@@ -26,7 +26,7 @@ from vidlstm.models import (
 )
 
 from .batcher import Batcher
-from .errors import FailedPrecondition, InvalidArgument, ServiceError
+from .errors import FailedPrecondition, Internal, InvalidArgument, ServiceError
 from .metrics import Metrics
 from .pool import StatePool
 from .versions import VersionHistory
@@ -85,6 +85,9 @@ class LiveWeights:
                 raise self._refused(source, FailedPrecondition(str(error))) from None
             except WeightsError as error:
                 raise self._refused(source, InvalidArgument(str(error))) from None
+            except Exception as error:  # e.g. out of device memory: the old weights stay, say why
+                log.exception("staging weights from %s failed", source)
+                raise self._refused(source, Internal(f"could not stage the weights: {error}")) from None
             version = await self.batcher.between_batches(partial(self._install, staged))
             seconds = time.perf_counter() - received_at
         self.metrics.weight_installs.inc()
@@ -121,12 +124,15 @@ class LiveWeights:
         beside it, then renamed over it) or changes; `skip_first`: the file there at start is the one
         already serving."""
         seen: tuple[int, ...] | None = None
+        unreadable = ""  # the last error reading the file, logged once until it changes
         while True:
             try:
                 identity, data = await asyncio.to_thread(_read_if_changed, path, seen)
+                unreadable = ""
             except OSError as error:
-                log.warning("cannot read watched weights %s: %s", path, error)
-                identity, data = seen, None
+                if str(error) != unreadable:
+                    log.warning("cannot read watched weights %s: %s", path, error)
+                unreadable, identity, data = str(error), seen, None
             if data is not None and not skip_first:
                 with contextlib.suppress(ServiceError):  # logged and counted; the next change is tried
                     await self.install(

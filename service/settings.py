@@ -196,6 +196,13 @@ class ServerSettings(BaseSettings):
             )
         return admin
 
+    @field_validator("watch_weights")
+    @classmethod
+    def _watch_a_file(cls, path: Path | None) -> Path | None:
+        if path is not None and path.is_dir():
+            raise ValueError(f"{path} is a folder: watch the .safetensors file a learner replaces")
+        return path
+
     @field_validator("admin_client_names")
     @classmethod
     def _admin_names_need_client_certificates(

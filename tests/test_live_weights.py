@@ -475,3 +475,8 @@ def test_settings_refuse_admin_credentials_that_would_let_anyone_push() -> None:
         ServerSettings(auth_tokens=("shared",), admin_tokens=("shared",))
     with pytest.raises(ValueError, match="need --tls-client-ca"):
         ServerSettings(admin_client_names=("learner",))
+
+
+def test_settings_refuse_a_folder_to_watch(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="is a folder: watch the .safetensors file"):
+        ServerSettings(watch_weights=tmp_path)
