@@ -1,9 +1,8 @@
 """Client side of PushWeights: a `.safetensors` file (or its bytes) uploaded in chunks, with the
-learner's step and the file's sha256 (the server checks it)."""
+learner's step."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +32,10 @@ class PushResult:
 def push_requests(
     source: WeightsSource, *, learner_step: int | None, chunk_bytes: int = UPLOAD_CHUNK_BYTES
 ) -> Iterator[pb.PushWeightsRequest]:
-    """The request stream: the file's bytes in chunks, the first with the learner step and sha256."""
+    """The request stream: the file's bytes in chunks, the first with the learner step. (No sha256:
+    it would be of the very bytes sent, which gRPC's transport already delivers intact; the field is
+    for tools that forward a file whose published hash they know.)"""
     data = source if isinstance(source, bytes) else Path(source).read_bytes()
-    sha256 = hashlib.sha256(data).hexdigest()
-    yield pb.PushWeightsRequest(data=data[:chunk_bytes], learner_step=learner_step, sha256=sha256)
+    yield pb.PushWeightsRequest(data=data[:chunk_bytes], learner_step=learner_step)
     for start in range(chunk_bytes, len(data), chunk_bytes):
         yield pb.PushWeightsRequest(data=data[start : start + chunk_bytes])

@@ -115,7 +115,7 @@ def tensors_hash(tensors: Mapping[str, torch.Tensor]) -> str:
     for name, tensor in sorted(tensors.items()):
         cpu = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{cpu.dtype}:{tuple(cpu.shape)};".encode())
-        digest.update(memoryview(cpu.reshape(-1).view(torch.uint8).numpy()))  # no copy of the bytes
+        digest.update(cpu.reshape(-1).view(torch.uint8).numpy().data)  # a memoryview: no copy
     return digest.hexdigest()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import time
@@ -74,13 +75,14 @@ class LiveWeights:
             self._watcher.cancel()
 
     async def install(
-        self, data: bytes, *, learner_step: int | None, received_at: float, source: str
+        self, data: bytes, *, learner_step: int | None, sha256: str = "", received_at: float, source: str
     ) -> Installed:
-        """Checks `data` (a .safetensors file) and installs it: FAILED_PRECONDITION for weights of
-        another architecture or input, INVALID_ARGUMENT for bytes that are not usable weights."""
+        """Checks `data` (a .safetensors file; its hex `sha256`, if given) and installs it:
+        FAILED_PRECONDITION for weights of another architecture or input, INVALID_ARGUMENT for bytes
+        that are not usable weights."""
         async with self._one_at_a_time:
             try:
-                staged = await asyncio.to_thread(self.model.stage_weights, data, learner_step)
+                staged = await asyncio.to_thread(self._stage, data, learner_step, sha256)
             except ArchitectureMismatchError as error:
                 raise self._refused(source, FailedPrecondition(str(error))) from None
             except WeightsError as error:
@@ -103,6 +105,15 @@ class LiveWeights:
             "; every episode's state reset" if self.reset_state else "",
         )
         return Installed(version, seconds)
+
+    def _stage(self, data: bytes, learner_step: int | None, sha256: str) -> StagedWeights:
+        """In a worker thread: off the event loop (the streams' steps) and the model thread."""
+        if sha256 and (actual := hashlib.sha256(data).hexdigest()) != sha256:
+            raise WeightsError(
+                f"the upload's sha256 is {actual}, the first message says {sha256}: the file changed or "
+                "was damaged on the way; nothing was installed"
+            )
+        return self.model.stage_weights(data, learner_step)
 
     def _install(self, staged: StagedWeights) -> WeightsVersion:
         """On the model thread, between two batches."""

@@ -82,6 +82,7 @@ class EncoderServicer(pb_grpc.EncoderServicer):
         installed = await self.core.weights.install(
             upload.data,
             learner_step=upload.learner_step,
+            sha256=upload.sha256,
             received_at=upload.received_at,
             source=f"push from {context.peer()}",
         )
