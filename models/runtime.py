@@ -224,8 +224,8 @@ class InferenceModel:
         """Copies staged weights into the model in place; on the model thread, between two batches
         (a batch never mixes weights). Returns the new version."""
         targets = self.model.state_dict()
-        for name, tensor in staged.tensors.items():
-            targets[name].copy_(tensor)
+        names = list(staged.tensors)
+        torch._foreach_copy_([targets[n] for n in names], [staged.tensors[n] for n in names])  # one call
         self.weights_hash = staged.weights_hash
         self.version = WeightsVersion(self.version.number + 1, staged.weights_hash, staged.learner_step)
         return self.version

@@ -90,18 +90,24 @@ class LiveWeights:
             except Exception as error:  # e.g. out of device memory: the old weights stay, say why
                 log.exception("staging weights from %s failed", source)
                 raise self._refused(source, Internal(f"could not stage the weights: {error}")) from None
-            version = await self.batcher.between_batches(partial(self._install, staged))
-            seconds = time.perf_counter() - received_at
+            staged_at = time.perf_counter()
+            version, copy_started, copied_at = await self.batcher.between_batches(
+                partial(self._install, staged)
+            )
+        seconds = copied_at - received_at
         self.metrics.weight_installs.inc()
         self.metrics.weight_install_seconds.observe(seconds)
         log.info(
             "weights version %d serving (weights %s, learner step %s, from %s): %.1f ms from the last "
-            "byte to serving%s",
+            "byte to serving (staged %.1f, waited %.1f for the batch running, copied %.1f)%s",
             version.number,
             version.weights_hash[:12],
             "-" if version.learner_step is None else version.learner_step,
             source,
             seconds * 1000,
+            (staged_at - received_at) * 1000,
+            (copy_started - staged_at) * 1000,
+            (copied_at - copy_started) * 1000,
             "; every episode's state reset" if self.reset_state else "",
         )
         return Installed(version, seconds)
@@ -115,13 +121,15 @@ class LiveWeights:
             )
         return self.model.stage_weights(data, learner_step)
 
-    def _install(self, staged: StagedWeights) -> WeightsVersion:
-        """On the model thread, between two batches."""
+    def _install(self, staged: StagedWeights) -> tuple[WeightsVersion, float, float]:
+        """On the model thread, between two batches; returns the version and when the copy started
+        and ended (the next batch runs on the new weights from then on)."""
+        started = time.perf_counter()
         version = self.model.install_weights(staged)
         if self.reset_state:
             self.pool.reset()
         self.history.record(version)
-        return version
+        return version, started, time.perf_counter()
 
     def _refused(self, source: str, error: ServiceError) -> ServiceError:
         self.metrics.weight_install_failures.inc()
