@@ -18,6 +18,7 @@ import numpy as np
 from .client import EncoderClient
 from .errors import ServerUnavailableError, StreamClosedError
 from .session import Session
+from .weights import WeightsVersion
 
 try:
     import gymnasium as gym
@@ -57,6 +58,11 @@ class _Encoder:
             )
             self.session = self.client.session(self.num_envs, pixel_format=self.pixel_format)
             return self.session.step(frames, episode_start)
+
+    @property
+    def weights(self) -> WeightsVersion | None:
+        """The weights the last embedding ran on (None before the first step)."""
+        return None if self.session is None else self.session.weights
 
     def close(self) -> None:
         if self.session is not None:
@@ -98,6 +104,12 @@ class EmbeddingObservation(gym.ObservationWrapper[np.ndarray, Any, np.ndarray]):
     def observation(self, observation: np.ndarray) -> np.ndarray:
         return self._encoder.step(observation, self._episode_start)
 
+    @property
+    def weights(self) -> WeightsVersion | None:
+        """The weights version the last observation was embedded with: the behaviour policy's
+        version an off-policy learner (IMPALA's V-trace) needs."""
+        return self._encoder.weights
+
     def close(self) -> None:
         self._encoder.close()
         super().close()
@@ -131,6 +143,11 @@ class VectorEmbeddingObservation(VectorWrapper):
         embeddings = self._encoder.step(observations, self._ended.copy())
         self._ended = np.logical_or(terminations, truncations)
         return embeddings, rewards, terminations, truncations, info
+
+    @property
+    def weights(self) -> WeightsVersion | None:
+        """The weights version the last observations were embedded with (all envs: one message)."""
+        return self._encoder.weights
 
     def close(self, **kwargs: Any) -> None:
         self._encoder.close()

@@ -11,12 +11,21 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import ServerThread
+from conftest import ServerThread, serving
 from torch import nn
 
 from vidlstm.clients import EncoderClient
 from vidlstm.clients.gym import EmbeddingObservation, VectorEmbeddingObservation
-from vidlstm.models import InferenceModel, PixelFormat, load_model, prepare_frames
+from vidlstm.models import (
+    InferenceModel,
+    ModelSpec,
+    PixelFormat,
+    build_model,
+    checkpoint_bytes,
+    default_spec,
+    load_model,
+    prepare_frames,
+)
 from vidlstm.service import ServerSettings
 from vidlstm.tools.import_cli import import_main
 
@@ -244,3 +253,26 @@ def test_atari_pong_example_runs(server: ServerThread) -> None:
     assert result.returncode == 0, result.stderr
     assert "2 envs x 15 steps" in result.stdout
     assert "embeddings (2, 256)" in result.stdout
+
+
+def test_wrappers_name_the_weights_each_observation_ran_on() -> None:
+    """The behaviour policy's version, for an off-policy learner: it follows the pushes."""
+    served = InferenceModel(build_model(default_spec()), torch.device("cpu"))  # changed by the pushes
+    with (
+        serving(served, admin_tokens=("admin",)) as server,
+        EncoderClient(server.address, token="admin") as admin,
+    ):
+        env = EmbeddingObservation(FrameEnv(2, end_probability=0), server.address)
+        envs = VectorEmbeddingObservation(gym.vector.SyncVectorEnv([lambda: FrameEnv(3)] * 2), server.address)
+        assert env.weights is None
+        env.reset(seed=0)
+        envs.reset(seed=0)
+        versions = [(env.weights, envs.weights)]
+        admin.push_weights(checkpoint_bytes(build_model(ModelSpec(seed=5))), learner_step=50)
+        env.step(0)
+        envs.step(np.zeros(2, dtype=np.int64))
+        versions.append((env.weights, envs.weights))
+        env.close()
+        envs.close()
+    assert [(a.number, b.number) for a, b in versions] == [(1, 1), (2, 2)]  # type: ignore[union-attr]
+    assert versions[1][0].learner_step == 50  # type: ignore[union-attr]
