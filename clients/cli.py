@@ -31,9 +31,12 @@ ADMIN_TOKEN_ENV = "VIDLSTM_ADMIN_TOKEN"
 
 
 def add_connection_args(
-    parser: argparse._ActionsContainer, default_server: str | None = "localhost:50051"
+    parser: argparse._ActionsContainer,
+    default_server: str | None = "localhost:50051",
+    token_env: str = TOKEN_ENV,
 ) -> None:
-    """--server, --timeout and the credentials options every client command shares."""
+    """--server, --timeout and the credentials options every client command shares; --token
+    defaults to the environment variable `token_env`."""
     parser.add_argument("--server", default=default_server, help=f"HOST:PORT (default: {default_server})")
     parser.add_argument(
         "--timeout", type=_positive_seconds, default=60.0, help="seconds per call (default: 60)"
@@ -42,7 +45,7 @@ def add_connection_args(
     parser.add_argument("--tls-cert", type=Path, help="PEM client certificate (mutual TLS)")
     parser.add_argument("--tls-key", type=Path, help="PEM key of --tls-cert")
     parser.add_argument(
-        "--token", default=os.environ.get(TOKEN_ENV), help=f"bearer token (default: ${TOKEN_ENV})"
+        "--token", default=os.environ.get(token_env), help=f"bearer token (default: ${token_env})"
     )
 
 
@@ -63,9 +66,9 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
-def _server_parser(prog: str, description: str) -> argparse.ArgumentParser:
+def _server_parser(prog: str, description: str, token_env: str = TOKEN_ENV) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    add_connection_args(parser)
+    add_connection_args(parser, token_env=token_env)
     return parser
 
 
@@ -109,15 +112,15 @@ def info_main(argv: list[str]) -> int:
 def push_weights_main(argv: list[str]) -> int:
     parser = _server_parser(
         "vidlstm push-weights",
-        "Install new weights (a .safetensors file of the served architecture) on a running server.",
+        "Install new weights (a .safetensors file of the served architecture) on a running server; "
+        "pushing needs an admin token (or admin certificate).",
+        token_env=ADMIN_TOKEN_ENV,
     )
-    parser.set_defaults(token=os.environ.get(ADMIN_TOKEN_ENV))
     parser.add_argument("weights", type=Path, help=".safetensors file (vidlstm's save_checkpoint writes one)")
     parser.add_argument("--learner-step", type=int, help="the training step these weights come from")
-    parser.epilog = (
-        f"--token defaults to ${ADMIN_TOKEN_ENV}: pushing needs an admin token (or admin certificate)"
-    )
     args = parser.parse_args(argv)
+    if not args.weights.is_file():
+        parser.error(f"{args.weights} is not a file: name the .safetensors file to push")
     try:
         with client_from_args(args, parser) as client:
             result = client.push_weights(args.weights, learner_step=args.learner_step)

@@ -43,7 +43,7 @@ from .session import AsyncSession, Session
 from .state import RecurrentState
 from .stream_messages import SessionConfig
 from .video import FrameSelection, VideoPart, video_requests
-from .weights import PushResult, WeightsSource, push_requests
+from .weights import PushResult, WeightsSource, push_requests, read_weights
 
 __all__ = ["AsyncEncoderClient", "EncoderClient"]
 
@@ -167,7 +167,7 @@ class EncoderClient(_ClientBase):
     def push_weights(self, source: WeightsSource, *, learner_step: int | None = None) -> PushResult:
         """Installs new weights (a .safetensors file, or its bytes) on the server; needs a client
         made with an admin token (or admin certificate). Returns once they serve."""
-        requests = push_requests(source, learner_step=learner_step)
+        requests = push_requests(read_weights(source), learner_step=learner_step)
         try:
             response = self.stub.PushWeights(requests, timeout=self.timeout, metadata=self.metadata)
         except grpc.RpcError as error:
@@ -261,7 +261,8 @@ class AsyncEncoderClient(_ClientBase):
 
     async def push_weights(self, source: WeightsSource, *, learner_step: int | None = None) -> PushResult:
         """Installs new weights (see `EncoderClient.push_weights`)."""
-        requests = await asyncio.to_thread(lambda: list(push_requests(source, learner_step=learner_step)))
+        data = await asyncio.to_thread(read_weights, source)
+        requests = list(push_requests(data, learner_step=learner_step))
         try:
             response = await self.stub.PushWeights(
                 iter(requests), timeout=self.timeout, metadata=self.metadata

@@ -6,6 +6,7 @@ from which the core is built (never a hard-coded width).
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,15 @@ from torch import nn
 from .registry import Registry
 from .spec import EncoderSpec, InputSpec
 
-__all__ = ["ENCODERS", "Encoder", "ImpalaCNN", "NatureCNN", "TorchvisionBackbone", "build_encoder"]
+__all__ = [
+    "ENCODERS",
+    "Encoder",
+    "ImpalaCNN",
+    "NatureCNN",
+    "TorchvisionBackbone",
+    "build_encoder",
+    "encoder_params",
+]
 
 
 class Encoder(nn.Module):
@@ -34,6 +43,24 @@ def build_encoder(spec: EncoderSpec, input_spec: InputSpec) -> Encoder:
         return factory(input_spec, **spec.params)
     except TypeError as error:  # unknown or missing keyword params
         raise ValueError(f"bad params for encoder {spec.name!r}: {error}") from None
+
+
+def encoder_params(spec: EncoderSpec) -> dict[str, Any]:
+    """`spec.params` with the encoder's defaults filled in and lists as tuples: {} and
+    {"features": 512} name one Nature CNN."""
+    signature = inspect.signature(ENCODERS.get(spec.name))
+    try:
+        bound = signature.bind(None, **spec.params)  # None stands for the input spec
+    except TypeError as error:
+        raise ValueError(f"bad params for encoder {spec.name!r}: {error}") from None
+    bound.apply_defaults()
+    params: dict[str, Any] = {}
+    for name, value in list(bound.arguments.items())[1:]:
+        if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            params.update(value)  # a factory taking **params passes them on as they are
+        else:
+            params[name] = value
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
 
 
 def _flat_size(layers: nn.Module, input_spec: InputSpec) -> int:

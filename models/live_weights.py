@@ -25,6 +25,7 @@ from safetensors.torch import load
 from vidlstm.weights_version import WeightsVersion
 
 from .checkpoint import LEARNER_STEP_METADATA_KEY, SPEC_METADATA_KEY
+from .encoders import encoder_params
 from .spec import ModelSpec
 
 __all__ = [
@@ -156,18 +157,33 @@ def _spec(text: str) -> ModelSpec:
 
 
 def _check_spec(sent: ModelSpec, served: ModelSpec) -> None:
-    """Encoder, core and input must match field by field; the name and seed are free."""
+    """Encoder (its params with their defaults), core and input must match field by field; the name
+    and seed are free."""
+    served_fields = _architecture(served)
     differences = [
-        f"{part}.{key} is {value!r}, the served model's is {served_value!r}"
-        for part in ("encoder", "core", "input")
-        for key, value in dataclasses.asdict(getattr(sent, part)).items()
-        if value != (served_value := dataclasses.asdict(getattr(served, part))[key])
+        f"{key} is {value!r}, the served model's is {served_fields[key]!r}"
+        for key, value in _architecture(sent).items()
+        if value != served_fields[key]
     ]
     if differences:
         raise ArchitectureMismatchError(
             "the weights are for another architecture or input than the served model's: "
             + "; ".join(differences)
         )
+
+
+def _architecture(spec: ModelSpec) -> dict[str, Any]:
+    """What makes two models the same: "encoder.name", "encoder.params", "core.hidden_size", ..."""
+    try:
+        params = encoder_params(spec.encoder)
+    except ValueError as error:
+        raise ArchitectureMismatchError(
+            f"the weights' spec names an encoder this server cannot build: {error}"
+        ) from None
+    fields = {"encoder.name": spec.encoder.name, "encoder.params": params}
+    for part in ("core", "input"):
+        fields.update({f"{part}.{k}": v for k, v in dataclasses.asdict(getattr(spec, part)).items()})
+    return fields
 
 
 def _check_layout(tensors: Mapping[str, torch.Tensor], layout: TensorLayout) -> None:
@@ -192,7 +208,11 @@ def _check_layout(tensors: Mapping[str, torch.Tensor], layout: TensorLayout) -> 
 
 
 def _learner_step(text: str) -> int:
+    """The file's learner step: an int64, as the protocol carries it."""
     try:
-        return int(text)
+        step = int(text)
     except ValueError:
         raise WeightsError(f"the file's {LEARNER_STEP_METADATA_KEY} is not an integer: {text!r}") from None
+    if not -(2**63) <= step < 2**63:
+        raise WeightsError(f"the file's {LEARNER_STEP_METADATA_KEY} {step} does not fit in an int64")
+    return step

@@ -9,6 +9,7 @@ would build up step after step).
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -95,6 +96,9 @@ class InferenceModel:
         for name in ("compile", "cuda_graphs", "live_weights"):
             if not isinstance(getattr(self, name), bool):  # "false" would be truthy
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        # Its own copy: moving, casting, compiling and new weights must not change the caller's module
+        # (a learner that evaluates its model here keeps training it).
+        self.model = copy.deepcopy(self.model)
         self.weights_hash = weights_hash(self.model)  # of the fp32 weights, before any cast
         self.lineage = self.weights_hash
         self.version = WeightsVersion(1, self.weights_hash)

@@ -84,12 +84,12 @@ class LiveWeights:
             try:
                 staged = await asyncio.to_thread(self._stage, data, learner_step, sha256)
             except ArchitectureMismatchError as error:
-                raise self._refused(source, FailedPrecondition(str(error))) from None
+                raise self.refuse(source, FailedPrecondition(str(error))) from None
             except WeightsError as error:
-                raise self._refused(source, InvalidArgument(str(error))) from None
+                raise self.refuse(source, InvalidArgument(str(error))) from None
             except Exception as error:  # e.g. out of device memory: the old weights stay, say why
                 log.exception("staging weights from %s failed", source)
-                raise self._refused(source, Internal(f"could not stage the weights: {error}")) from None
+                raise self.refuse(source, Internal(f"could not stage the weights: {error}")) from None
             staged_at = time.perf_counter()
             version, copy_started, copied_at = await self.batcher.between_batches(
                 partial(self._install, staged)
@@ -131,7 +131,8 @@ class LiveWeights:
         self.history.record(version)
         return version, started, time.perf_counter()
 
-    def _refused(self, source: str, error: ServiceError) -> ServiceError:
+    def refuse(self, source: str, error: ServiceError) -> ServiceError:
+        """Logs and counts weights refused from `source`; returns the error to raise."""
         self.metrics.weight_install_failures.inc()
         log.warning(
             "weights from %s refused, version %d keeps serving: %s", source, self.model.version.number, error
@@ -149,8 +150,8 @@ class LiveWeights:
                 identity, data = await asyncio.to_thread(_read_if_changed, path, seen)
                 unreadable = ""
             except OSError as error:
-                if str(error) != unreadable:
-                    log.warning("cannot read watched weights %s: %s", path, error)
+                if str(error) != unreadable:  # once per new error, not at every poll
+                    self.refuse(str(path), InvalidArgument(f"cannot read the watched file: {error}"))
                 unreadable, identity, data = str(error), seen, None
             if data is not None and not skip_first:
                 with contextlib.suppress(ServiceError):  # logged and counted; the next change is tried

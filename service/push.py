@@ -49,7 +49,8 @@ class AdminCredentials:
             return
         if (token is not None and _any_equal(presented, self._inference_tokens)) or (token is None and names):
             raise PermissionDenied(
-                "this credential may call inference RPCs but not push weights: use an admin token"
+                "this credential may call inference RPCs but not push weights: use an admin token "
+                "(--admin-tokens-file) or a client certificate named in --admin-client-names"
             )
         raise Unauthenticated(
             "PushWeights needs an admin credential: send 'authorization: Bearer <admin token>' (a token of "

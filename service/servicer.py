@@ -78,13 +78,17 @@ class EncoderServicer(pb_grpc.EncoderServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> pb.PushWeightsResponse:
         self.admins.check(context)
-        upload = await receive_weights(request_iterator, max_bytes=self.max_weights_bytes)
+        source = f"push from {context.peer()}"
+        try:
+            upload = await receive_weights(request_iterator, max_bytes=self.max_weights_bytes)
+        except ServiceError as error:  # too large, empty, malformed: refused like bad weights
+            raise self.core.weights.refuse(source, error) from None
         installed = await self.core.weights.install(
             upload.data,
             learner_step=upload.learner_step,
             sha256=upload.sha256,
             received_at=upload.received_at,
-            source=f"push from {context.peer()}",
+            source=source,
         )
         return pb.PushWeightsResponse(
             weights=weights_to_proto(installed.version), install_ms=installed.install_seconds * 1000

@@ -7,6 +7,7 @@ the YAML/JSON/TOML file named by `--config` (or `VIDLSTM_CONFIG`), the default h
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -226,8 +227,15 @@ class ServerSettings(BaseSettings):
 
 
 def _tokens(tokens: tuple[str, ...], path: Path | None) -> tuple[str, ...]:
-    """Tokens given plus those of `path`, one per line, blank lines and # comments skipped."""
-    lines = [*tokens, *(path.read_text().splitlines() if path is not None else [])]
+    """Tokens given plus those of `path`, one per line, blank lines and # comments skipped. A file
+    with none is refused: it would silently leave calls (or pushes) unguarded (or off)."""
+    from_file = _stripped(path.read_text().splitlines()) if path is not None else ()
+    if path is not None and not from_file:
+        raise ValueError(f"{path} holds no tokens (one per line; # starts a comment)")
+    return (*_stripped(tokens), *from_file)
+
+
+def _stripped(lines: Iterable[str]) -> tuple[str, ...]:
     return tuple(t for t in (line.strip() for line in lines) if t and not t.startswith("#"))
 
 

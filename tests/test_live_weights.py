@@ -36,7 +36,15 @@ from vidlstm.clients import (
     VideoPart,
     WeightsVersion,
 )
-from vidlstm.models import CoreSpec, InferenceModel, ModelSpec, build_model, checkpoint_bytes, default_spec
+from vidlstm.models import (
+    CoreSpec,
+    EncoderSpec,
+    InferenceModel,
+    ModelSpec,
+    build_model,
+    checkpoint_bytes,
+    default_spec,
+)
 from vidlstm.models.video_chunks import prepared_chunks
 from vidlstm.selection import FrameSelection
 from vidlstm.service import ServerSettings
@@ -305,9 +313,16 @@ def _refusals() -> Iterator[RefusedPush]:
         "not safetensors", b"not a safetensors file at all", InvalidInputError, "not a safetensors file"
     )
     yield RefusedPush("NaN weights", _nan_weights(), InvalidInputError, "NaN or infinite")
+    too_far = {"vidlstm.learner_step": str(2**63)}  # the protocol's learner_step is an int64
+    state_dict = build_model(default_spec()).state_dict()
     yield RefusedPush(
-        "over the size limit", learner_weights(9), ServerBusyError, "over the limit of", counted=False
+        "learner step over int64",
+        safetensors.torch.save(state_dict, metadata=too_far),
+        InvalidInputError,
+        "does not fit in an int64",
     )
+    yield RefusedPush("empty upload", b"", InvalidInputError, "empty upload")
+    yield RefusedPush("over the size limit", learner_weights(9), ServerBusyError, "over the limit of")
     yield RefusedPush(
         "inference token",
         learner_weights(9),
@@ -480,3 +495,26 @@ def test_settings_refuse_admin_credentials_that_would_let_anyone_push() -> None:
 def test_settings_refuse_a_folder_to_watch(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="is a folder: watch the"):
         ServerSettings(watch_weights=tmp_path)
+
+
+def test_a_spec_that_spells_out_the_defaults_is_the_same_architecture() -> None:
+    """{"features": 512} is the Nature CNN's default: the same architecture as {}."""
+    spelled_out = ModelSpec(name="learner", encoder=EncoderSpec("nature", {"features": 512}), seed=8)
+    staged = served_model().stage_weights(checkpoint_bytes(build_model(spelled_out)))
+    assert staged.weights_hash == reference(8).weights_hash
+
+
+def test_an_inference_model_leaves_the_callers_module_as_it_was() -> None:
+    """A learner may evaluate its model in bf16 here and still push it: the cast is on a copy."""
+    learner = build_model(ModelSpec(name="learner", seed=9))
+    before = checkpoint_bytes(learner)
+    InferenceModel(learner, CPU, precision="bf16")
+    assert checkpoint_bytes(learner) == before
+
+
+def test_settings_refuse_a_token_file_without_tokens(tmp_path: Path) -> None:
+    empty = tmp_path / "tokens"
+    empty.write_text("# nothing yet\n\n")
+    for setting in ("admin_tokens_file", "auth_tokens_file"):
+        with pytest.raises(ValueError, match="holds no tokens"):
+            ServerSettings(**{setting: empty})  # type: ignore[arg-type]

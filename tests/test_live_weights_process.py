@@ -128,6 +128,10 @@ def test_push_weights_command_installs_and_info_shows_the_version(
     weights = _learner_checkpoint(tmp_path / "step-900.safetensors", seed=24, step=1)
     with serve("--admin-tokens-file", str(admin_tokens_file)) as server:
         address = ["--server", server.address]
+        missing = _cli("push-weights", str(tmp_path / "missing.safetensors"), *address)
+        assert missing.returncode == 2  # a usage error, found before any call
+        assert "is not a file" in missing.stderr
+        assert "$VIDLSTM_ADMIN_TOKEN" in _cli("push-weights", "--help").stdout
         refused = _cli("push-weights", str(weights), *address, "--token", TOKEN)
         assert refused.returncode == 1
         assert "PERMISSION_DENIED" in refused.stderr
