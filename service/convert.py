@@ -178,10 +178,10 @@ def state_to_proto(state: Mapping[str, np.ndarray], version: WeightsVersion, lin
 
 def state_from_proto(
     state: pb.State, specs: list[StateTensorSpec], history: VersionHistory
-) -> dict[str, np.ndarray]:
-    """State -> per-env arrays, refusing state of another model (see `VersionHistory`) or of the
-    wrong shapes."""
-    history.check_state(state.weights_hash, state.lineage, state.version)
+) -> tuple[dict[str, np.ndarray], WeightsVersion]:
+    """State -> per-env arrays and the version that made them, refusing state of another model (see
+    `VersionHistory`) or of the wrong shapes."""
+    made_by = history.check_state(state.weights_hash, state.lineage, state.version)
     expected = {s.name for s in specs}
     if set(state.tensors) != expected:
         raise InvalidArgument(
@@ -206,4 +206,4 @@ def state_from_proto(
                 "returned, or leave it unset for zero state"
             )
         arrays[spec.name] = array
-    return arrays
+    return arrays, made_by

@@ -36,6 +36,8 @@ class Job:
     install_slots: list[int] = field(default_factory=list)
     install_state: dict[str, np.ndarray] = field(default_factory=dict)  # [.., m, ..] per name
     read_slots: list[int] = field(default_factory=list)
+    # The weights that made installed states a client sent back (zero states: none, any version's).
+    install_versions: dict[int, WeightsVersion] = field(default_factory=dict)
 
     @classmethod
     def sequence(
@@ -61,11 +63,14 @@ class Job:
         episode_start: np.ndarray,
         installs: dict[int, PerEnvState],
         read_slots: list[int],
+        install_versions: dict[int, WeightsVersion] | None = None,
     ) -> Job:
         """Frames [T, n, C, H, W] (None: only install and read) of the envs in `slots`; `installs`
-        maps slots to the state written before the step."""
+        maps slots to the state written before the step, `install_versions` slots to the weights
+        that made a state a client sent."""
         install_state = batch_of(list(installs.values()))
-        return cls(frames, slots, episode_start, list(installs), install_state, read_slots)
+        versions = dict(install_versions or {})
+        return cls(frames, slots, episode_start, list(installs), install_state, read_slots, versions)
 
     @property
     def frame_count(self) -> int:
@@ -89,6 +94,7 @@ class JobResult:
     embeddings: np.ndarray | None  # float32 [T, n, D]
     states: dict[str, np.ndarray] | None  # [.., len(read_slots), ..] per name
     version: WeightsVersion  # the weights the whole batch ran on
+    state_versions: list[WeightsVersion]  # per read slot: the weights that made its state
 
 
 class BatchEngine:
@@ -124,7 +130,8 @@ class BatchEngine:
                 end = column + len(job.read_slots)
                 job_states = {name: value[:, column:end] for name, value in states.items()}
                 column = end
-            results.append(JobResult(embeddings.get(id(job)), job_states, version))
+            made_by = [self.pool.made_by[slot] or version for slot in job.read_slots]
+            results.append(JobResult(embeddings.get(id(job)), job_states, version, made_by))
         return results
 
     def _install(self, jobs: list[Job]) -> None:
@@ -136,6 +143,9 @@ class BatchEngine:
         joined = {name: np.concatenate([job.install_state[name] for job in jobs], axis=1) for name in names}
         self.pool.scatter(self._index(slots), self._to_device(joined))
         self.pool.installed(slots)
+        for job in jobs:
+            for slot in job.install_slots:
+                self.pool.made_by[slot] = job.install_versions.get(slot)
 
     def _compute(self, jobs: list[Job]) -> dict[int, torch.Tensor]:
         """Embeddings [T, n, D] on the device, by id of the job."""
@@ -165,6 +175,9 @@ class BatchEngine:
             offset += steps * batch
             outputs, new_state = self.model.recur(group_features, state, starts, history)
             self.pool.scatter(slots, new_state)
+            for job in members:
+                for slot in job.slots:
+                    self.pool.made_by[slot] = self.model.version
             column = 0
             for job in members:
                 results[id(job)] = outputs[:, column : column + len(job.slots)]

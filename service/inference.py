@@ -14,7 +14,7 @@ import contextlib
 import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
@@ -57,7 +57,8 @@ class SequenceOutput:
 @dataclass(frozen=True)
 class StepInput:
     """One message of a session: frames [n, C, H, W] (None: only state work) of `env_ids`, their
-    episode starts [n]; states installed first; states read back after; envs released after."""
+    episode starts [n]; states installed first (and the versions that made them); states read back
+    after; envs released after."""
 
     frames: np.ndarray | None
     env_ids: list[int]
@@ -65,6 +66,7 @@ class StepInput:
     set_states: dict[int, PerEnvState]
     return_state_env_ids: list[int]
     release_env_ids: list[int]
+    set_state_versions: dict[int, WeightsVersion] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class StepOutput:
     embeddings: np.ndarray | None  # float32 [n, D], in `env_ids` order
     states: dict[int, PerEnvState]  # env id -> state after the step, as asked for
     version: WeightsVersion  # the weights it ran on
+    state_versions: dict[int, WeightsVersion]  # env id -> the weights that made its state
 
 
 class InferenceCore:
@@ -194,13 +197,14 @@ class InferenceCore:
         installs = dict(step.set_states)
         for env in new_envs:
             installs.setdefault(env, self.zero_state())
-        install_slots = self.streams.slots_of(session, list(installs))
+        install_slots = dict(zip(installs, self.streams.slots_of(session, list(installs)), strict=True))
         job = Job.step(
             None if step.frames is None else step.frames[None],
             self.streams.slots_of(session, step.env_ids),
             step.episode_start[None],
-            dict(zip(install_slots, installs.values(), strict=True)),
+            {install_slots[env]: state for env, state in installs.items()},
             self.streams.slots_of(session, step.return_state_env_ids),
+            {install_slots[env]: made_by for env, made_by in step.set_state_versions.items()},
         )
         try:
             result = await self.batcher.submit(job)
@@ -209,12 +213,13 @@ class InferenceCore:
             self.streams.release(session, new_envs)
             raise
         self.streams.release(session, step.release_env_ids)
-        states = {}
+        states, versions = {}, {}
         if result.states is not None:
             for column, env_id in enumerate(step.return_state_env_ids):
                 states[env_id] = {k: v[:, column] for k, v in result.states.items()}
+                versions[env_id] = result.state_versions[column]
         embeddings = None if result.embeddings is None else result.embeddings[0]
-        return StepOutput(embeddings, states, result.version)
+        return StepOutput(embeddings, states, result.version, versions)
 
     # -- server-held sequences -------------------------------------------------------------------
 

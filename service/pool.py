@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import torch
 
-from vidlstm.models import State, StateTensorSpec
+from vidlstm.models import State, StateTensorSpec, WeightsVersion
 
 from .errors import ResourceExhausted
 
@@ -31,6 +31,8 @@ class StatePool:
             s.name: torch.zeros(s.shape[0], capacity, *s.shape[1:], dtype=s.dtype, device=device)
             for s in specs
         }
+        # Per slot, the weights version whose step made its state (None: zero or unknown, any version's).
+        self.made_by: list[WeightsVersion | None] = [None] * capacity
         self._free = list(range(capacity - 1, -1, -1))
         self._released: list[int] = []
         self._uninstalled: set[int] = set()
@@ -88,6 +90,7 @@ class StatePool:
         """Every slot back to zero state (the start of an episode); on the model thread."""
         for tensor in self.tensors.values():
             tensor.zero_()
+        self.made_by = [None] * self.capacity
 
     def gather(self, slots: torch.Tensor) -> State:
         return {name: tensor.index_select(1, slots) for name, tensor in self.tensors.items()}

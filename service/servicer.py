@@ -109,7 +109,7 @@ class EncoderServicer(pb_grpc.EncoderServicer):
             if total > self.limits.max_frames:
                 raise InvalidArgument(f"more than {self.limits.max_frames} frames in one call; split it")
             starts = _episode_starts(sequence.episode_start, len(frames), f"sequences[{index}]")
-            initial = self._state(sequence.initial_state) if sequence.HasField("initial_state") else None
+            initial = self._state(sequence.initial_state)[0] if sequence.HasField("initial_state") else None
             sequences.append(SequenceInput(frames, starts, initial))
         outputs = await self.core.encode(sequences, return_state=request.return_state, dtype=dtype)
         response = pb.EncodeResponse(weights=weights_to_proto(outputs[0].version))
@@ -171,7 +171,7 @@ class EncoderServicer(pb_grpc.EncoderServicer):
         if output.embeddings is not None:
             response.embeddings.CopyFrom(tensor_to_proto(output.embeddings, dtype))
         for env_id, state in output.states.items():
-            response.states[env_id].CopyFrom(self._state_proto(state, output.version))
+            response.states[env_id].CopyFrom(self._state_proto(state, output.state_versions[env_id]))
         return response
 
     async def _step_input(self, request: pb.StreamRequest) -> StepInput:
@@ -185,9 +185,10 @@ class EncoderServicer(pb_grpc.EncoderServicer):
             frames,
             list(request.env_ids),
             _episode_starts(request.episode_start, len(request.env_ids), "request"),
-            states,
+            {env: arrays for env, (arrays, _) in states.items()},
             list(request.return_state_env_ids),
             list(request.release_env_ids),
+            {env: made_by for env, (_, made_by) in states.items()},
         )
 
     async def _prepare(self, frames: pb.Frames) -> np.ndarray:
@@ -197,7 +198,7 @@ class EncoderServicer(pb_grpc.EncoderServicer):
             return frames_to_model_input(frames, spec, self.limits)
         return await self.core.offload(frames_to_model_input, frames, spec, self.limits)
 
-    def _state(self, state: pb.State) -> PerEnvState:
+    def _state(self, state: pb.State) -> tuple[PerEnvState, WeightsVersion]:
         return state_from_proto(state, self.core.state_specs, self.core.history)
 
     def _state_proto(self, state: PerEnvState, version: WeightsVersion) -> pb.State:

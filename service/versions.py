@@ -32,16 +32,17 @@ class VersionHistory:
         """A version just installed; the oldest falls out of the window."""
         self._versions.append(version)
 
-    def check_state(self, weights_hash: str, lineage: str, version: int) -> None:
-        """Refuses a state made by weights other than the current ones or the window's."""
+    def check_state(self, weights_hash: str, lineage: str, version: int) -> WeightsVersion:
+        """The version that made a state, refusing one made by weights other than the current ones
+        or the window's (a state of the current weights counts as theirs, whatever it says)."""
         versions = tuple(self._versions)  # a snapshot: installs append on the model thread
         current = versions[-1]
         if weights_hash == current.weights_hash:
-            return
-        if lineage == self.lineage and any(
-            v.number == version and v.weights_hash == weights_hash for v in versions
-        ):
-            return
+            return current
+        if lineage == self.lineage:
+            for known in versions:
+                if known.number == version and known.weights_hash == weights_hash:
+                    return known
         if lineage == self.lineage and 0 < version < versions[0].number:
             why = (
                 f"state comes from weights version {version}, more than {self.window} installs before "

@@ -213,7 +213,8 @@ class VideoService:
                 result = await self.batcher.submit(read)
                 assert result.states is not None
                 state = {k: v[:, 0] for k, v in result.states.items()}
-                summary.final_state.CopyFrom(state_to_proto(state, result.version, self.model.lineage))
+                made_by = result.state_versions[0]
+                summary.final_state.CopyFrom(state_to_proto(state, made_by, self.model.lineage))
             yield pb.VideoResponse(summary=summary)
         finally:
             self.pool.release([slot])

@@ -518,3 +518,26 @@ def test_settings_refuse_a_token_file_without_tokens(tmp_path: Path) -> None:
     for setting in ("admin_tokens_file", "auth_tokens_file"):
         with pytest.raises(ValueError, match="holds no tokens"):
             ServerSettings(**{setting: empty})  # type: ignore[arg-type]
+
+
+def test_a_state_read_back_names_the_weights_that_made_it_not_the_ones_serving() -> None:
+    """After a push, the state of an env last stepped on version 1 (or installed from a version-1
+    state) still says version 1: the window counts from the weights that made it."""
+    frame = np.random.default_rng(8).integers(0, 256, SHAPE, np.uint8)
+    with (
+        serving(served_model(), admin_tokens=(ADMIN,), state_version_window=1) as server,
+        EncoderClient(server.address) as client,
+        EncoderClient(server.address, token=ADMIN) as admin,
+        client.session(pixel_format="GRAY") as session,
+    ):
+        session.step(frame)
+        admin.push_weights(learner_weights(12))
+        stepped_on_1 = session.get_state()
+        assert (stepped_on_1.version, stepped_on_1.weights_hash) == (1, served_model().weights_hash)
+        with client.session(pixel_format="GRAY", initial_states={0: stepped_on_1}) as moved:
+            assert moved.get_state().version == 1  # installed, not stepped: still version 1's
+            moved.step(frame)
+            assert moved.get_state().version == 2
+        admin.push_weights(learner_weights(13))
+        with pytest.raises(ModelMismatchError, match="more than 1 installs before"):
+            client.encode(frame[None], pixel_format="GRAY", state=stepped_on_1)
