@@ -541,3 +541,8 @@ def test_a_state_read_back_names_the_weights_that_made_it_not_the_ones_serving()
         admin.push_weights(learner_weights(13))
         with pytest.raises(ModelMismatchError, match="more than 1 installs before"):
             client.encode(frame[None], pixel_format="GRAY", state=stepped_on_1)
+
+
+def test_a_file_without_a_spec_is_checked_by_its_tensors_alone() -> None:
+    plain = safetensors.torch.save(build_model(ModelSpec(seed=10)).state_dict())  # no metadata
+    assert served_model().stage_weights(plain).weights_hash == reference(10).weights_hash
