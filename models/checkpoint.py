@@ -27,6 +27,8 @@ from .spec import ModelSpec
 __all__ = [
     "CheckpointError",
     "checkpoint_bytes",
+    "checkpoint_learner_step",
+    "learner_step_in",
     "load_model",
     "read_state_dict",
     "save_checkpoint",
@@ -134,6 +136,32 @@ def _resolve(path: Path, spec: ModelSpec | str | Path | None) -> tuple[Path, Mod
     if spec is None:
         spec = _embedded_spec(path)
     return path, spec
+
+
+def learner_step_in(metadata: Mapping[str, str]) -> int | None:
+    """The learner step a checkpoint's metadata names (None: none); ValueError unless an int64."""
+    if LEARNER_STEP_METADATA_KEY not in metadata:
+        return None
+    text = metadata[LEARNER_STEP_METADATA_KEY]
+    try:
+        step = int(text)
+    except ValueError:
+        raise ValueError(f"the file's {LEARNER_STEP_METADATA_KEY} is not an integer: {text!r}") from None
+    if not -(2**63) <= step < 2**63:
+        raise ValueError(f"the file's {LEARNER_STEP_METADATA_KEY} {step} does not fit in an int64")
+    return step
+
+
+def checkpoint_learner_step(path: str | Path) -> int | None:
+    """The learner step a checkpoint (file or folder) was saved at, if it says."""
+    weights, _ = _resolve(Path(path), ModelSpec())  # the spec is not read here
+    if weights.suffix != ".safetensors":
+        return None
+    try:
+        with safe_open(weights, framework="pt") as reader:
+            return learner_step_in(reader.metadata() or {})
+    except (SafetensorError, ValueError) as error:
+        raise CheckpointError(f"{weights}: {error}") from None
 
 
 def _embedded_spec(path: Path) -> ModelSpec:

@@ -24,7 +24,7 @@ from safetensors.torch import load
 
 from vidlstm.weights_version import WeightsVersion
 
-from .checkpoint import LEARNER_STEP_METADATA_KEY, SPEC_METADATA_KEY
+from .checkpoint import SPEC_METADATA_KEY, learner_step_in
 from .encoders import encoder_params
 from .spec import ModelSpec
 
@@ -89,8 +89,11 @@ def stage_weights(
     }
     if any(t.device.type == "cuda" for t in staged.values()):
         torch.cuda.synchronize()  # copied on this thread's stream: done before the model thread reads
-    if learner_step is None and LEARNER_STEP_METADATA_KEY in metadata:
-        learner_step = _learner_step(metadata[LEARNER_STEP_METADATA_KEY])
+    if learner_step is None:
+        try:
+            learner_step = learner_step_in(metadata)
+        except ValueError as error:
+            raise WeightsError(str(error)) from None
     return StagedWeights(staged, _file_hash(memoryview(data)[payload:], header, tensors), learner_step)
 
 
@@ -205,14 +208,3 @@ def _check_layout(tensors: Mapping[str, torch.Tensor], layout: TensorLayout) -> 
             "the weights do not fit the served model (save them as the served model's fp32 state dict): "
             + "; ".join(wrong[:8])
         )
-
-
-def _learner_step(text: str) -> int:
-    """The file's learner step: an int64, as the protocol carries it."""
-    try:
-        step = int(text)
-    except ValueError:
-        raise WeightsError(f"the file's {LEARNER_STEP_METADATA_KEY} is not an integer: {text!r}") from None
-    if not -(2**63) <= step < 2**63:
-        raise WeightsError(f"the file's {LEARNER_STEP_METADATA_KEY} {step} does not fit in an int64")
-    return step

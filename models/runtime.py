@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import load_model, weights_hash
+from .checkpoint import checkpoint_learner_step, load_model, weights_hash
 from .live_weights import StagedWeights, TensorLayout, WeightsVersion, layout_of, stage_weights
 from .model import EmbeddingModel, State, StateTensorSpec, build_model
 from .spec import InputSpec, ModelSpec, default_spec
@@ -86,6 +86,7 @@ class InferenceModel:
     compile: bool = False
     cuda_graphs: bool = False
     live_weights: bool = False
+    learner_step: int | None = None  # of the weights it starts with (a checkpoint's metadata may say)
     weights_hash: str = field(init=False)
     lineage: str = field(init=False)
     version: WeightsVersion = field(init=False)
@@ -101,7 +102,7 @@ class InferenceModel:
         self.model = copy.deepcopy(self.model)
         self.weights_hash = weights_hash(self.model)  # of the fp32 weights, before any cast
         self.lineage = self.weights_hash
-        self.version = WeightsVersion(1, self.weights_hash)
+        self.version = WeightsVersion(1, self.weights_hash, self.learner_step)
         self._layout: TensorLayout = layout_of(self.model.state_dict())  # fp32: what a push must match
         # channels_last: oneDNN's NHWC convolutions, ~1.3x faster for resnet18 on CPU here.
         self.model = self.model.to(self.device).to(memory_format=torch.channels_last).eval()
@@ -317,7 +318,7 @@ def load_inference_model(
     set_threads(threads)
     target = select_device(device)
     if model is not None:
-        built = load_model(model, spec)
+        built, step = load_model(model, spec), checkpoint_learner_step(model)
     else:
-        built = build_model(default_spec() if spec is None else ModelSpec.load(spec))
-    return InferenceModel(built, target, precision, compile, cuda_graphs, live_weights)
+        built, step = build_model(default_spec() if spec is None else ModelSpec.load(spec)), None
+    return InferenceModel(built, target, precision, compile, cuda_graphs, live_weights, step)

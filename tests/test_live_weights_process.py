@@ -100,7 +100,8 @@ def test_a_watched_file_at_start_is_installed_unless_it_is_the_served_model(tmp_
     with serve("--model", str(checkpoint), "--watch-weights", str(checkpoint)) as same:
         time.sleep(1)  # several polls of the watcher
         with same.client() as client:
-            assert client.info().weights.version == 1
+            weights = client.info().weights
+        assert (weights.version, weights.learner_step) == (1, 5)  # the --model file's own step
     with serve("--model", str(checkpoint), "--watch-weights", str(other)) as fresh:
         _wait_for_version(fresh, 2)
         frames = np.random.default_rng(1).integers(0, 256, (2, *SHAPE), np.uint8)
