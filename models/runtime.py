@@ -114,6 +114,9 @@ class InferenceModel:
             torch.backends.cudnn.benchmark = True  # padded batches: a few shapes, each tuned once
         if self.compile:
             self._compile_encoder()
+        # Where new weights go: the model's own tensors, found once (state_dict() makes a torch call
+        # per tensor, and staging under load pays for each one).
+        self._targets: dict[str, torch.Tensor] = self.model.state_dict()
 
     @property
     def spec(self) -> ModelSpec:
@@ -220,7 +223,7 @@ class InferenceModel:
             data,
             spec=self.spec,
             layout=self._layout,
-            targets=self.model.state_dict(),
+            targets=self._targets,
             learner_step=learner_step,
         )
 
@@ -228,9 +231,8 @@ class InferenceModel:
     def install_weights(self, staged: StagedWeights) -> WeightsVersion:
         """Copies staged weights into the model in place; on the model thread, between two batches
         (a batch never mixes weights). Returns the new version."""
-        targets = self.model.state_dict()
         names = list(staged.tensors)
-        torch._foreach_copy_([targets[n] for n in names], [staged.tensors[n] for n in names])  # one call
+        torch._foreach_copy_([self._targets[n] for n in names], [staged.tensors[n] for n in names])
         self.weights_hash = staged.weights_hash
         self.version = WeightsVersion(self.version.number + 1, staged.weights_hash, staged.learner_step)
         return self.version
