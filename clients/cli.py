@@ -126,8 +126,10 @@ def push_weights_main(argv: list[str]) -> int:
             result = client.push_weights(args.weights, learner_step=args.learner_step)
     except (OSError, VidlstmError) as error:
         parser.exit(1, f"vidlstm push-weights: {error}\n")
+    weights = result.weights
+    step = "" if weights.learner_step is None else f", learner step {weights.learner_step}"
     print(
-        f"serving version {result.weights.number} (weights sha256:{result.weights.weights_hash[:12]}), "
+        f"serving version {weights.number} (weights sha256:{weights.weights_hash[:12]}{step}), "
         f"installed {result.install_ms:.1f} ms after the upload"
     )
     return 0

@@ -40,7 +40,7 @@ class _SessionBase:
         self._ids = itertools.count()
         self._pending_states = dict(config.initial_states)
         self._closed = False
-        self.weights: WeightsVersion | None = None  # the weights the last answered step ran on
+        self.weights: WeightsVersion | None = None  # the weights the last step ran on
 
     def set_state(self, state: RecurrentState, env_id: int = 0) -> None:
         """Installs `state` for the env before its next step."""
@@ -70,10 +70,11 @@ class _SessionBase:
             self._pending_states = {}
         reply = read_reply(response)
         self._pending_states = {}
-        self.weights = reply.weights
         return reply
 
     def _result(self, reply: StepReply) -> np.ndarray:
+        """A step's embeddings; `weights` becomes the version they ran on (a state read is no step)."""
+        self.weights = reply.weights
         return reply.embeddings[0] if self.config.num_envs is None else reply.embeddings
 
 

@@ -19,6 +19,7 @@ import itertools
 import json
 import multiprocessing as mp
 import os
+import signal
 import sys
 import threading
 from collections.abc import Iterator
@@ -59,8 +60,10 @@ def random_play(seed: int) -> Iterator[tuple[np.ndarray, bool]]:
 def run_actor(
     index: int, args: argparse.Namespace, ready: Barrier, final: Synchronized[int], reports: Queue[Any]
 ) -> None:
-    """Steps frames until the learner has set `final` and a step ran on that version (or later)."""
+    """Steps frames until the learner has set `final` and a step ran on that version (or later), or
+    the learner's process is gone (killed: this actor would be re-parented and stream on forever)."""
     report: dict[str, Any] = {"actor": index, "steps": 0, "versions": [], "error": None}
+    learner = os.getppid()
     try:
         with (
             EncoderClient(args.server, token=args.token) as client,
@@ -75,7 +78,7 @@ def run_actor(
                 if report["steps"] == 1:
                     with contextlib.suppress(threading.BrokenBarrierError):  # whoever broke it reports why
                         ready.wait(START_TIMEOUT_S)  # the learner pushes once every actor streams
-                if 0 < final.value <= version:
+                if 0 < final.value <= version or os.getppid() != learner:
                     break
     except Exception as error:
         ready.abort()  # so that no one waits for this actor
@@ -158,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json-summary", help="also write the summary to this JSON file")
     args = parser.parse_args(argv)
 
+    # SIGTERM (a scheduler stopping the job) unwinds like an error, so the actors are told to stop.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     context = mp.get_context("spawn")  # no forked gRPC channels or torch threads in the actors
     ready, final, reports = context.Barrier(args.actors + 1), context.Value("q", 0), context.Queue()
     actors = [

@@ -240,10 +240,16 @@ class InferenceModel:
     def _check_frames(self, frames: np.ndarray) -> None:
         spec = self.input_spec
         want = [spec.channels, spec.height, spec.width]
-        if frames.dtype != np.uint8 or frames.ndim != 5 or list(frames.shape[2:]) != want:
+        if (
+            not isinstance(frames, np.ndarray)
+            or frames.dtype != np.uint8
+            or frames.ndim != 5
+            or list(frames.shape[2:]) != want
+        ):
             raise ValueError(
-                f"frames must be uint8 [T, B, {', '.join(map(str, want))}] (prepare_frames makes them from "
-                f"images of any size), got {frames.dtype} {list(frames.shape)}"
+                f"frames must be a numpy uint8 array [T, B, {', '.join(map(str, want))}] (prepare_frames "
+                f"makes them from images of any size), got {type(frames).__name__} {frames.dtype} "
+                f"{list(frames.shape)}"
             )
 
     def _cast_encoder(self, dtype: torch.dtype) -> None:

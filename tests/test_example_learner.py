@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -61,3 +64,31 @@ def test_actors_stream_on_every_version_the_learner_pushes(tmp_path: Path) -> No
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert "error: learner: PermissionDeniedError" in refused.stderr
     assert "pushes: none\n" in refused.stdout
+
+
+@pytest.mark.slow
+def test_a_learner_stopped_with_sigterm_stops_its_actors(tmp_path: Path) -> None:
+    """A scheduler stopping the job: the actors' streams end too, none keeps stepping orphaned."""
+    admin_tokens = tmp_path / "admin-tokens"
+    admin_tokens.write_text(f"{ADMIN_TOKEN}\n")
+    server = ServeProcess("--admin-tokens-file", str(admin_tokens))
+    try:
+        command = [sys.executable, str(EXAMPLE), "--server", server.address, "--token", TOKEN]
+        command += ["--admin-token", ADMIN_TOKEN, "--actors", "2", "--pushes", "1000"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        with subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as run:
+            _wait(
+                lambda: server.metric("vidlstm_weight_installs_total") >= 1
+            )  # actors stream, learner pushes
+            run.send_signal(signal.SIGTERM)
+            assert run.wait(timeout=60) != 0
+        _wait(lambda: server.metric("vidlstm_live_streams") == 0)
+    finally:
+        server.close()
+
+
+def _wait(condition: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)

@@ -534,6 +534,8 @@ def test_a_state_read_back_names_the_weights_that_made_it_not_the_ones_serving()
         admin.push_weights(learner_weights(12))
         stepped_on_1 = session.get_state()
         assert (stepped_on_1.version, stepped_on_1.weights_hash) == (1, served_model().weights_hash)
+        assert session.weights is not None
+        assert session.weights.number == 1  # the last step's: reading state is no step
         with client.session(pixel_format="GRAY", initial_states={0: stepped_on_1}) as moved:
             assert moved.get_state().version == 1  # installed, not stepped: still version 1's
             moved.step(frame)

@@ -139,7 +139,8 @@ def test_push_weights_command_installs_and_info_shows_the_version(
         admin = {"VIDLSTM_ADMIN_TOKEN": ADMIN}  # push-weights' --token default
         pushed = _cli("push-weights", str(weights), *address, "--learner-step", "900", env=admin)
         assert pushed.returncode == 0, pushed.stderr
-        assert "serving version 2" in pushed.stdout
+        assert "serving version 2 (weights sha256:" in pushed.stdout
+        assert ", learner step 900), installed" in pushed.stdout
         info = _cli("info", *address, "--token", TOKEN)
         assert f"weights        sha256:{_reference(24).weights_hash}" in info.stdout
         assert "version        2, learner step 900" in info.stdout
