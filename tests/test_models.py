@@ -163,9 +163,10 @@ def test_encode_refuses_frames_not_prepared_for_the_model() -> None:
         np.zeros((1, 1, 1, 100, 84), np.uint8),  # not resized
         np.zeros((1, 1, 1, 84, 84), np.float32),  # not uint8
         np.zeros((1, 1, 84, 84), np.uint8),  # no batch dimension
+        torch.zeros((1, 1, 1, 84, 84), dtype=torch.uint8),  # a tensor, not a numpy array
     ):
-        with pytest.raises(ValueError, match=r"frames must be uint8 \[T, B, 1, 84, 84\]"):
-            model.encode(frames)
+        with pytest.raises(ValueError, match=r"frames must be a numpy uint8 array \[T, B, 1, 84, 84\]"):
+            model.encode(frames)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("option", ["compile", "cuda_graphs"])
