@@ -116,9 +116,14 @@ def tensors_hash(tensors: Mapping[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(tensors.items()):
         cpu = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{cpu.dtype}:{tuple(cpu.shape)};".encode())
+        digest.update(hashed_tensor_header(name, cpu))
         digest.update(cpu.reshape(-1).view(torch.uint8).numpy().data)  # a memoryview: no copy
     return digest.hexdigest()
+
+
+def hashed_tensor_header(name: str, tensor: torch.Tensor) -> bytes:
+    """What the weights hash takes of a tensor before its bytes (little-endian, row-major)."""
+    return f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode()
 
 
 def _resolve(path: Path, spec: ModelSpec | str | Path | None) -> tuple[Path, ModelSpec]:

@@ -24,7 +24,7 @@ from safetensors.torch import load
 
 from vidlstm.weights_version import WeightsVersion
 
-from .checkpoint import SPEC_METADATA_KEY, learner_step_in
+from .checkpoint import SPEC_METADATA_KEY, hashed_tensor_header, learner_step_in
 from .encoders import encoder_params
 from .spec import ModelSpec
 
@@ -53,7 +53,7 @@ class ArchitectureMismatchError(WeightsError):
 @dataclass(frozen=True)
 class StagedWeights:
     """Checked weights on the model's device, each tensor in its target's dtype: installing them is
-    one copy per tensor."""
+    one copy into the model's tensors."""
 
     tensors: dict[str, torch.Tensor]
     weights_hash: str  # of the fp32 weights as sent
@@ -125,7 +125,7 @@ def _file_hash(payload: memoryview, header: dict[str, Any], tensors: Mapping[str
     message = bytearray()  # hashed in one call: one GIL hand-over instead of one per tensor
     for name, tensor in sorted(tensors.items()):
         begin, end = header[name]["data_offsets"]
-        message += f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode()
+        message += hashed_tensor_header(name, tensor)
         message += payload[begin:end]
     return hashlib.sha256(message).hexdigest()
 

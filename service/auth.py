@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 
-__all__ = ["OPEN_SERVICES", "SELF_CHECKED", "BearerTokenInterceptor", "bearer_token"]
+__all__ = ["OPEN_SERVICES", "SELF_CHECKED", "BearerTokenInterceptor", "bearer_token", "matches_any"]
 
 OPEN_SERVICES = (  # prefixes of full method names
     "/grpc.health.v1.Health/",
@@ -50,9 +50,13 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return _denying(handler)
 
     def _allowed(self, details: grpc.HandlerCallDetails) -> bool:
-        presented = (bearer_token(details.invocation_metadata) or "").encode()
-        matches = [hmac.compare_digest(presented, expected) for expected in self._expected]
-        return any(matches)
+        return matches_any((bearer_token(details.invocation_metadata) or "").encode(), self._expected)
+
+
+def matches_any(presented: bytes, tokens: Sequence[bytes]) -> bool:
+    """Whether `presented` is one of `tokens`, compared with every one in constant time: the time
+    taken says nothing about which token, or how much of one, matched."""
+    return any([hmac.compare_digest(presented, token) for token in tokens])
 
 
 def bearer_token(metadata: Sequence[tuple[str, Any]] | None) -> str | None:

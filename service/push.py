@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ import grpc
 
 from vidlstm.v1 import encoder_pb2 as pb
 
-from .auth import bearer_token
+from .auth import bearer_token, matches_any
 from .errors import InvalidArgument, PermissionDenied, ResourceExhausted, Unauthenticated, Unimplemented
 
 __all__ = ["AdminCredentials", "Upload", "receive_weights"]
@@ -42,12 +41,14 @@ class AdminCredentials:
             )
         token = bearer_token(context.invocation_metadata())
         presented = (token or "").encode()
-        if token is not None and _any_equal(presented, self._tokens):
+        if token is not None and matches_any(presented, self._tokens):
             return
         names = set(context.peer_identities() or ())
         if names & self._client_names:
             return
-        if (token is not None and _any_equal(presented, self._inference_tokens)) or (token is None and names):
+        if (token is not None and matches_any(presented, self._inference_tokens)) or (
+            token is None and names
+        ):
             raise PermissionDenied(
                 "this credential may call inference RPCs but not push weights: use an admin token "
                 "(--admin-tokens-file) or a client certificate named in --admin-client-names"
@@ -56,11 +57,6 @@ class AdminCredentials:
             "PushWeights needs an admin credential: send 'authorization: Bearer <admin token>' (a token of "
             "the server's --admin-tokens-file) or a client certificate named in --admin-client-names"
         )
-
-
-def _any_equal(presented: bytes, expected: list[bytes]) -> bool:
-    """Compared with every token, in constant time: the time taken says nothing about which matched."""
-    return any([hmac.compare_digest(presented, token) for token in expected])
 
 
 @dataclass(frozen=True)
